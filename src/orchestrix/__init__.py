@@ -1,0 +1,56 @@
+"""orchestrix: write a chunked pipeline once as a graph of small tasks, run it in any mode.
+
+``import orchestrix`` is light: backends (and dask) are imported only when their mode is used.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .config import (
+    AutoConfig,
+    Config,
+    LocalDaskConfig,
+    MultiprocessingConfig,
+    PbsDaskConfig,
+    ProfilingConfig,
+    SequentialConfig,
+    SlurmDaskConfig,
+)
+from .errors import (
+    ConfigError,
+    OrchestrixError,
+    RemoteTraceback,
+    TaskError,
+    UpstreamTaskError,
+)
+from .graph import Delayed, TaskFunction, task
+from .orchestrator import Orchestrator
+from .tokenize import tokenize
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AutoConfig",
+    "Config",
+    "ConfigError",
+    "Delayed",
+    "LocalDaskConfig",
+    "MultiprocessingConfig",
+    "Orchestrator",
+    "OrchestrixError",
+    "PbsDaskConfig",
+    "ProfilingConfig",
+    "RemoteTraceback",
+    "SequentialConfig",
+    "SlurmDaskConfig",
+    "TaskError",
+    "TaskFunction",
+    "UpstreamTaskError",
+    "task",
+    "tokenize",
+    "__version__",
+]
+
+# A library's logger stays silent unless the application configures logging.
+logging.getLogger("orchestrix").addHandler(logging.NullHandler())

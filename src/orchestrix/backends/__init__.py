@@ -1,0 +1,31 @@
+"""Backends, one module each, imported only when their mode is used."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ..errors import ConfigError
+from .base import Backend
+
+__all__ = ["Backend", "AVAILABLE", "create_backend"]
+
+#: mode -> "module:class" of the backend that runs it; modes absent here are not built yet
+AVAILABLE: dict[str, str] = {
+    "sequential": "orchestrix.backends.sequential:SequentialBackend",
+}
+
+
+def create_backend(config: Any) -> Backend:
+    """The backend for ``config.mode``, imported on demand (dask stays unimported otherwise)."""
+    target = AVAILABLE.get(config.mode)
+    if target is None:
+        built = ", ".join(sorted(AVAILABLE))
+        raise ConfigError(
+            f"mode {config.mode!r} is valid but its backend is not built in this version of "
+            f"orchestrix yet; available modes: {built}"
+        )
+    module_name, class_name = target.split(":")
+    backend_class = getattr(importlib.import_module(module_name), class_name)
+    backend: Backend = backend_class(config)
+    return backend

@@ -1,0 +1,342 @@
+"""Validated, frozen configuration: one dataclass per mode.
+
+Keys and defaults follow CARS's orchestrator table; orchestrix adds its own (``out_dir``,
+``retries``). A key that a mode cannot honour is not accepted in that mode: an unknown key, a key of
+another mode, a wrong type or a value out of range raises :class:`ConfigError` in one line that
+names the key, what was expected and what was given, and suggests the closest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from .errors import ConfigError
+
+__all__ = [
+    "AutoConfig",
+    "Config",
+    "DEFAULT_MODE",
+    "LocalDaskConfig",
+    "MODES",
+    "MultiprocessingConfig",
+    "PbsDaskConfig",
+    "ProfilingConfig",
+    "SequentialConfig",
+    "SlurmDaskConfig",
+    "load_config_file",
+    "parse_config",
+]
+
+MODES = ("sequential", "multiprocessing", "auto", "local_dask", "pbs_dask", "slurm_dask")
+# The mode used when none is given. It becomes "auto" once the auto backend exists.
+DEFAULT_MODE = "sequential"
+PROFILING_MODES = ("timing", "cprofile", "memray")
+MP_MODES = ("forkserver", "fork", "spawn")
+
+
+def _key(default: Any, expected: str, check: Callable[[Any], bool], doc: str) -> Any:
+    """A config field: its default, a check of its value, and how to describe a valid value."""
+    return field(default=default, metadata={"expected": expected, "check": check, "doc": doc})
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _positive_int(value: Any) -> bool:
+    return _is_int(value) and value > 0
+
+
+def _positive_number(value: Any) -> bool:
+    return _is_number(value) and value > 0
+
+
+def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: value is None or check(value)
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+def _one_of(*choices: str) -> Callable[[Any], bool]:
+    return lambda value: value in choices
+
+
+def _check_fields(config: Any, prefix: str, mode: str | None = None) -> None:
+    where = f" for mode {mode!r}" if mode else ""
+    for spec in dataclasses.fields(config):
+        check = spec.metadata.get("check")
+        value = getattr(config, spec.name)
+        if check is not None and not check(value):
+            raise ConfigError(
+                f"key '{prefix}{spec.name}'{where} expects {spec.metadata['expected']}, "
+                f"got {value!r} ({type(value).__name__})"
+            )
+
+
+_WALLTIME = re.compile(r"^\d+:[0-5]\d:[0-5]\d$")
+
+
+@dataclass(frozen=True)
+class ProfilingConfig:
+    """The ``profiling`` key: ``{"mode": "timing" | "cprofile" | "memray", "loop_testing": bool}``."""
+
+    mode: str = _key(
+        "timing", f"one of {', '.join(PROFILING_MODES)}", _one_of(*PROFILING_MODES), "what to record"
+    )
+    loop_testing: bool = _key(False, "a bool", _is_bool, "run each task several times, report leaks")
+
+    def __post_init__(self) -> None:
+        _check_fields(self, "profiling.")
+
+
+def _profiling(value: Any) -> bool:
+    return isinstance(value, ProfilingConfig)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Keys common to every mode."""
+
+    mode: str = "sequential"
+    out_dir: str | None = _key(
+        None, "a directory path (str) or None", _optional(_is_str), "where logs and reports go"
+    )
+    factorize_tasks: bool = _key(
+        True, "a bool", _is_bool, "fuse sequential chains of tasks into one unit of work"
+    )
+    profiling: ProfilingConfig = _key(
+        ProfilingConfig(),
+        "a dict with keys 'mode' and 'loop_testing'",
+        _profiling,
+        "per-task profiling",
+    )
+
+    MODE: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        if self.mode != self.MODE:
+            raise ConfigError(f"{type(self).__name__} is for mode {self.MODE!r}, got {self.mode!r}")
+        if isinstance(self.out_dir, os.PathLike):
+            object.__setattr__(self, "out_dir", os.fspath(self.out_dir))
+        if isinstance(self.profiling, Mapping):
+            object.__setattr__(self, "profiling", _build_profiling(self.profiling))
+        _check_fields(self, "", self.mode)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as plain JSON-serialisable data (the input format)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+
+@dataclass(frozen=True)
+class SequentialConfig(Config):
+    """``sequential``: every task runs in the caller's process, one after the other."""
+
+    mode: str = "sequential"
+    MODE: ClassVar[str] = "sequential"
+
+
+@dataclass(frozen=True)
+class _WorkerPoolConfig(Config):
+    """Keys of every mode that runs tasks in worker processes."""
+
+    nb_workers: int | str = _key(
+        2, "a positive int or 'auto'", lambda v: v == "auto" or _positive_int(v), "worker count"
+    )
+    max_ram_per_worker: int | float = _key(
+        2000, "a positive number of MB", _positive_number, "memory limit of a worker (MB)"
+    )
+    task_timeout: int | float | None = _key(
+        600,
+        "a positive number of seconds or None",
+        _optional(_positive_number),
+        "stall watchdog: restart when no task finished for this long",
+    )
+    per_job_timeout: int | float | None = _key(
+        600,
+        "a positive number of seconds or None",
+        _optional(_positive_number),
+        "a task running longer is stopped",
+    )
+    retries: int = _key(
+        2,
+        "an int >= 0",
+        lambda v: _is_int(v) and v >= 0,
+        "re-runs of a task whose worker crashed or timed out",
+    )
+    dump_to_disk: bool = _key(
+        True, "a bool", _is_bool, "pass numpy arrays through files instead of pipes"
+    )
+
+
+@dataclass(frozen=True)
+class MultiprocessingConfig(_WorkerPoolConfig):
+    """``multiprocessing``: a pool of local worker processes."""
+
+    mode: str = "multiprocessing"
+    nb_workers: int | str = _key(
+        "auto", "a positive int or 'auto'", lambda v: v == "auto" or _positive_int(v), "workers"
+    )
+    mp_mode: str = _key(
+        "forkserver", f"one of {', '.join(MP_MODES)}", _one_of(*MP_MODES), "how workers start"
+    )
+    max_tasks_per_worker: int = _key(
+        10, "a positive int", _positive_int, "a worker is replaced after this many tasks"
+    )
+    MODE: ClassVar[str] = "multiprocessing"
+
+
+@dataclass(frozen=True)
+class AutoConfig(MultiprocessingConfig):
+    """``auto``: multiprocessing with the pool sized from the machine's CPUs and free memory."""
+
+    mode: str = "auto"
+    MODE: ClassVar[str] = "auto"
+
+
+@dataclass(frozen=True)
+class _DaskConfig(_WorkerPoolConfig):
+    use_memory_logger: bool = _key(False, "a bool", _is_bool, "sample worker memory to out_dir")
+    activate_dashboard: bool = _key(False, "a bool", _is_bool, "serve dask's dashboard")
+
+
+@dataclass(frozen=True)
+class LocalDaskConfig(_DaskConfig):
+    """``local_dask``: a dask LocalCluster on this machine."""
+
+    mode: str = "local_dask"
+    MODE: ClassVar[str] = "local_dask"
+
+
+@dataclass(frozen=True)
+class _JobqueueConfig(_DaskConfig):
+    walltime: str = _key(
+        "00:59:00", "a duration 'HH:MM:SS'", lambda v: isinstance(v, str) and bool(_WALLTIME.match(v)),
+        "walltime of one worker job",
+    )
+    python: str | None = _key(
+        None, "a path to a Python interpreter or None", _optional(_is_str), "worker interpreter"
+    )
+    account: str | None = _key(None, "an account name (str)", _optional(_is_str), "batch account")
+    qos: str | None = _key(None, "a quality of service (str)", _optional(_is_str), "batch QoS")
+
+
+@dataclass(frozen=True)
+class PbsDaskConfig(_JobqueueConfig):
+    """``pbs_dask``: dask workers started as PBS jobs by dask-jobqueue."""
+
+    mode: str = "pbs_dask"
+    MODE: ClassVar[str] = "pbs_dask"
+
+
+@dataclass(frozen=True)
+class SlurmDaskConfig(_JobqueueConfig):
+    """``slurm_dask``: dask workers started as SLURM jobs by dask-jobqueue."""
+
+    mode: str = "slurm_dask"
+    MODE: ClassVar[str] = "slurm_dask"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.account is None:
+            raise ConfigError(
+                "key 'account' is required for mode 'slurm_dask': expected the SLURM account "
+                "to charge, got nothing"
+            )
+
+
+CONFIG_CLASSES: dict[str, type[Config]] = {
+    "sequential": SequentialConfig,
+    "multiprocessing": MultiprocessingConfig,
+    "auto": AutoConfig,
+    "local_dask": LocalDaskConfig,
+    "pbs_dask": PbsDaskConfig,
+    "slurm_dask": SlurmDaskConfig,
+}
+
+
+def parse_config(options: Mapping[str, Any] | Config | None = None, **overrides: Any) -> Config:
+    """Validate a CARS-style dict and/or keyword options into the frozen config of their mode."""
+    if isinstance(options, Config):
+        options = options.to_dict()
+    merged = {**(options or {}), **overrides}
+    for key in merged:
+        if not isinstance(key, str):
+            raise ConfigError(f"config keys must be strings, got {key!r}")
+    mode = merged.setdefault("mode", DEFAULT_MODE)
+    if mode not in CONFIG_CLASSES:
+        raise ConfigError(
+            f"key 'mode' expects one of {', '.join(MODES)}, got {mode!r}{_did_you_mean(mode, MODES)}"
+        )
+    config_class = CONFIG_CLASSES[mode]
+    valid = config_class.keys()
+    for key in merged:
+        if key not in valid:
+            raise ConfigError(_unknown_key_message(key, mode, valid))
+    return config_class(**merged)
+
+
+def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a JSON or YAML config file; a CARS file's ``orchestrator`` section is accepted too."""
+    path = os.fspath(path)
+    with open(path, encoding="utf-8") as stream:
+        text = stream.read()
+    if path.endswith((".yaml", ".yml")):
+        import yaml  # only needed for YAML files
+
+        data = yaml.safe_load(text)
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys, got {type(data).__name__}")
+    if "orchestrator" in data and isinstance(data["orchestrator"], dict):
+        data = data["orchestrator"]
+    return data
+
+
+def _build_profiling(value: Mapping[str, Any]) -> ProfilingConfig:
+    valid = ProfilingConfig.__dataclass_fields__.keys()
+    for key in value:
+        if key not in valid:
+            hint = _did_you_mean(key, valid)
+            raise ConfigError(
+                f"unknown key 'profiling.{key}'{hint}; valid keys of profiling: {', '.join(valid)}"
+            )
+    return ProfilingConfig(**value)
+
+
+def _unknown_key_message(key: str, mode: str, valid: tuple[str, ...]) -> str:
+    other_modes = [m for m, cls in CONFIG_CLASSES.items() if key in cls.keys()]
+    if other_modes:
+        what = f"key {key!r} does not apply to mode {mode!r} (it is a key of {', '.join(other_modes)})"
+    else:
+        what = f"unknown key {key!r} for mode {mode!r}"
+    return f"{what}{_did_you_mean(key, valid)}; valid keys: {', '.join(sorted(valid))}"
+
+
+def _did_you_mean(word: str, choices: Any) -> str:
+    matches = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {matches[0]!r}?)" if matches else ""

@@ -1,0 +1,166 @@
+"""The engine: turns targets into units, hands ready units to a backend, routes results.
+
+It is backend-independent. Ready units are handed over depth first: the dependents that a finished
+unit makes ready go before units that were ready earlier, so started chains finish before new ones
+open and intermediate values are released early. A value is dropped as soon as every unit that
+reads it has been given it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import deque
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from .backends.base import Backend
+from .errors import RemoteTraceback, TaskError, UpstreamTaskError
+from .execute import TaskFailure, UnitOutcome
+from .factorize import WorkUnit, factorize, one_unit_per_task
+from .graph import Delayed, build_graph
+
+__all__ = ["Engine"]
+
+logger = logging.getLogger("orchestrix")
+
+
+class Engine:
+    """Runs graphs on one backend. Each call of :meth:`run` is independent of the others."""
+
+    def __init__(self, backend: Backend, factorize_tasks: bool = True) -> None:
+        self.backend = backend
+        self.factorize_tasks = factorize_tasks
+        self._run_ids = itertools.count()
+
+    def plan(self, targets: Sequence[Delayed]) -> list[WorkUnit]:
+        """The units that running ``targets`` would hand to the backend, in topological order."""
+        graph = build_graph(targets)
+        if self.factorize_tasks:
+            return factorize(graph, {t.key for t in targets})
+        return one_unit_per_task(graph)
+
+    def run(self, targets: Sequence[Delayed]) -> Iterator[tuple[int, Any]]:
+        """Yield ``(position in targets, value)`` as each target finishes.
+
+        Raises the :class:`TaskError` of the first target that fails (a target downstream of a
+        failed task gets an :class:`UpstreamTaskError` naming it); nothing more is started then.
+        """
+        run = _Run(self.plan(targets), targets)
+        if not run.units:
+            return
+        run_id = next(self._run_ids)
+        logger.debug("run %d: %d targets, %d units", run_id, len(targets), len(run.units))
+        try:
+            yield from run.drive(self.backend, run_id)
+        finally:
+            self.backend.cancel(run_id)
+
+
+class _Run:
+    """The state of one run: what waits for what, which values are still needed."""
+
+    def __init__(self, units: list[WorkUnit], targets: Sequence[Delayed]) -> None:
+        self.units = {unit.key: unit for unit in units}
+        self.missing_inputs = {unit.key: len(unit.deps) for unit in units}
+        self.readers: dict[str, list[str]] = {key: [] for key in self.units}
+        for unit in units:
+            for dep in unit.deps:
+                self.readers[dep].append(unit.key)
+        self.unread = {key: len(readers) for key, readers in self.readers.items()}
+        self.targets_at: dict[str, list[tuple[int, int | None]]] = {}
+        for position, target in enumerate(targets):
+            self.targets_at.setdefault(target.key, []).append((position, target.index))
+        self.values: dict[str, Any] = {}
+        self.ready = deque(unit for unit in units if not unit.deps)
+
+    def drive(self, backend: Backend, run_id: int) -> Iterator[tuple[int, Any]]:
+        left = len(self.units)
+        in_flight = 0
+        while left:
+            while self.ready and in_flight < backend.capacity:
+                unit = self.ready.popleft()
+                backend.submit(run_id, unit, self._take_inputs(unit))
+                in_flight += 1
+            outcomes = backend.wait(run_id)
+            if not outcomes and not in_flight:
+                raise RuntimeError("orchestrix engine: no unit ready and none running (a bug)")
+            for outcome in outcomes:
+                in_flight -= 1
+                left -= 1
+                if outcome.failure is not None:
+                    raise self._target_error(outcome)
+                yield from self._finish(outcome)
+
+    def _take_inputs(self, unit: WorkUnit) -> dict[str, Any]:
+        inputs = {dep: self.values[dep] for dep in unit.deps}
+        for dep in unit.deps:
+            self.unread[dep] -= 1
+            if not self.unread[dep]:
+                del self.values[dep]  # every reader has it now
+        return inputs
+
+    def _finish(self, outcome: UnitOutcome) -> Iterator[tuple[int, Any]]:
+        key = outcome.unit.key
+        if self.unread[key]:
+            self.values[key] = outcome.value
+        newly_ready = []
+        for reader in self.readers[key]:
+            self.missing_inputs[reader] -= 1
+            if not self.missing_inputs[reader]:
+                newly_ready.append(self.units[reader])
+        self.ready.extendleft(reversed(newly_ready))  # depth first, in graph order
+        for position, index in self.targets_at.get(key, ()):
+            yield position, outcome.value if index is None else outcome.value[index]
+
+    def _target_error(self, outcome: UnitOutcome) -> TaskError:
+        """The error to raise: the first target (in input order) that the failure reaches."""
+        assert outcome.failure is not None
+        cause = _task_error(outcome.failure)
+        downstream = self._downstream(outcome.unit.key)
+        hit = min(
+            (position, key)
+            for key in downstream
+            for position, _ in self.targets_at.get(key, ())
+        )
+        target_key = hit[1]
+        if target_key == cause.key:
+            return cause
+        target = self.units[target_key]
+        error = UpstreamTaskError(
+            target_key,
+            target.name,
+            f"task {target.name!r} did not run: upstream task {cause.name!r} failed with "
+            f"{_describe(outcome.failure.exception)} (key {target_key}, upstream key {cause.key})",
+            cause.key,
+            cause.name,
+        )
+        error.__cause__ = cause
+        return error
+
+    def _downstream(self, key: str) -> list[str]:
+        seen = {key}
+        order = [key]
+        for current in order:  # grows while iterating: a breadth-first walk
+            for reader in self.readers[current]:
+                if reader not in seen:
+                    seen.add(reader)
+                    order.append(reader)
+        return order
+
+
+def _task_error(failure: TaskFailure) -> TaskError:
+    exc = failure.exception
+    error = TaskError(
+        failure.key,
+        failure.name,
+        f"task {failure.name!r} failed: {_describe(exc)} (key {failure.key})",
+    )
+    if failure.traceback_text is not None and exc.__cause__ is None:
+        exc.__cause__ = RemoteTraceback(failure.traceback_text)
+    error.__cause__ = exc
+    return error
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,59 @@
+"""The one exception hierarchy of orchestrix.
+
+Every error raised by orchestrix derives from :class:`OrchestrixError`. Errors about a task carry
+the task's ``key`` and ``name``; the exception the task raised is chained as ``__cause__``, and when
+the task ran in another process that exception's own ``__cause__`` is a :class:`RemoteTraceback`
+holding the traceback text from the worker (the convention of ``concurrent.futures``).
+"""
+
+from __future__ import annotations
+
+
+class OrchestrixError(Exception):
+    """Root of every orchestrix error."""
+
+
+class ConfigError(OrchestrixError, ValueError):
+    """An invalid configuration: unknown key, wrong type or range, or an unavailable mode."""
+
+
+class TaskError(OrchestrixError):
+    """A task failed. ``key`` and ``name`` identify it; ``__cause__`` is what it raised."""
+
+    def __init__(self, key: str, name: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.name = name
+
+    def __reduce__(self):  # keep key and name when the error crosses a process boundary
+        return (type(self), (self.key, self.name, str(self)))
+
+
+class UpstreamTaskError(TaskError):
+    """A task did not run because a task it depends on failed.
+
+    ``upstream_key`` and ``upstream_name`` name the task that failed first; ``__cause__`` is that
+    task's :class:`TaskError`.
+    """
+
+    def __init__(
+        self, key: str, name: str, message: str, upstream_key: str = "", upstream_name: str = ""
+    ) -> None:
+        super().__init__(key, name, message)
+        self.upstream_key = upstream_key
+        self.upstream_name = upstream_name
+
+    def __reduce__(self):
+        args = (self.key, self.name, str(self), self.upstream_key, self.upstream_name)
+        return (type(self), args)
+
+
+class RemoteTraceback(Exception):
+    """The formatted traceback of an exception raised in another process."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text

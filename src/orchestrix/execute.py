@@ -1,0 +1,85 @@
+"""Running one unit of work: what every backend calls, in whatever process it runs in."""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .factorize import WorkUnit
+from .graph import Ref, TaskNode
+
+__all__ = ["TaskFailure", "UnitOutcome", "resolve", "run_unit"]
+
+
+@dataclass
+class TaskFailure:
+    """A task of a unit raised. ``traceback_text`` is set when it must cross a process boundary."""
+
+    key: str
+    name: str
+    exception: BaseException
+    traceback_text: str | None = None
+
+
+@dataclass
+class UnitOutcome:
+    """What a backend reports for a finished unit: its output, or the failure of one of its tasks."""
+
+    unit: WorkUnit
+    value: Any = None
+    failure: TaskFailure | None = None
+
+
+def run_unit(unit: WorkUnit, inputs: Mapping[str, Any], *, remote: bool = False) -> UnitOutcome:
+    """Run the tasks of ``unit`` in order; ``inputs`` maps dependency keys to their outputs.
+
+    Intermediate outputs of a fused chain live only in this call. With ``remote=True`` a failure
+    carries its formatted traceback, for a process that cannot ship the traceback object.
+    """
+    values: dict[str, Any] = dict(inputs)
+    value: Any = None
+    for node in unit.tasks:
+        try:
+            value = _call(node, values)
+        except Exception as exc:
+            text = "".join(traceback.format_exception(exc)) if remote else None
+            return UnitOutcome(unit, failure=TaskFailure(node.key, node.name, exc, text))
+        values[node.key] = value
+    return UnitOutcome(unit, value=value)
+
+
+def _call(node: TaskNode, values: Mapping[str, Any]) -> Any:
+    if node.has_refs:
+        args = resolve(node.args, values)
+        kwargs = resolve(node.kwargs, values)
+    else:
+        args, kwargs = node.args, node.kwargs
+    result = node.func(*args, **kwargs)
+    if node.nout > 1 and not (isinstance(result, (tuple, list)) and len(result) == node.nout):
+        got = f"{type(result).__name__} of length {len(result)}" if _sized(result) else repr(result)
+        raise TypeError(f"task declared nout={node.nout} but returned {got}")
+    return result
+
+
+def resolve(obj: Any, values: Mapping[str, Any]) -> Any:
+    """Replace each Ref in ``obj`` (nested in lists, tuples, dicts) by the value it stands for."""
+    if isinstance(obj, Ref):
+        value = values[obj.key]
+        return value if obj.index is None else value[obj.index]
+    kind = type(obj)
+    if kind is list or kind is tuple:
+        items = [resolve(item, values) for item in obj]
+        return items if kind is list else tuple(items)
+    if kind is dict:
+        return {k: resolve(v, values) for k, v in obj.items()}
+    return obj
+
+
+def _sized(obj: Any) -> bool:
+    try:
+        len(obj)
+    except TypeError:
+        return False
+    return True

@@ -1,0 +1,233 @@
+"""Tasks, delayed values and the task graph.
+
+Calling a task builds a :class:`TaskNode` and returns :class:`Delayed` handles to its outputs;
+nothing runs. :func:`build_graph` collects every node a set of targets needs, once per key, in a
+topological order. This module is pure: it knows nothing of configuration or backends.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, overload
+
+from .tokenize import tokenize
+
+__all__ = ["Delayed", "Graph", "Ref", "TaskFunction", "TaskNode", "build_graph", "task"]
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    """Stands, inside a node's arguments, for the output of another node."""
+
+    key: str
+    index: int | None  # None: the whole output; i: item i of a multi-output task
+
+
+class TaskNode:
+    """One call of a task: the function, its arguments (Delayed replaced by Ref) and its deps."""
+
+    __slots__ = ("key", "name", "func", "args", "kwargs", "nout", "deps", "has_refs")
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        nout: int,
+        token: str,
+    ) -> None:
+        self.func = func
+        self.name = name
+        self.nout = nout
+        self.key = f"{name}-{token}"
+        deps: dict[str, TaskNode] = {}
+        self.args = _replace_delayed(args, deps)
+        self.kwargs = _replace_delayed(kwargs, deps)
+        self.deps: tuple[TaskNode, ...] = tuple(deps.values())  # unique, in argument order
+        self.has_refs = bool(deps)
+
+    def __repr__(self) -> str:
+        return f"<TaskNode {self.key}>"
+
+
+class Delayed:
+    """A handle to a task's output, to pass to other tasks or to ``Orchestrator.compute``."""
+
+    __slots__ = ("_node", "_index")
+    __orchestrix_delayed__ = True
+
+    def __init__(self, node: TaskNode, index: int | None = None) -> None:
+        self._node = node
+        self._index = index
+
+    @property
+    def key(self) -> str:
+        """The key of the task that produces this value (stable across runs)."""
+        return self._node.key
+
+    @property
+    def index(self) -> int | None:
+        """Which output of a multi-output task this is (None for a single-output task)."""
+        return self._index
+
+    @property
+    def name(self) -> str:
+        return self._node.name
+
+    @property
+    def node(self) -> TaskNode:
+        return self._node
+
+    def __repr__(self) -> str:
+        suffix = "" if self._index is None else f", index={self._index}"
+        return f"Delayed({self.key!r}{suffix})"
+
+    def __iter__(self) -> Iterator[Any]:
+        raise TypeError(
+            f"{self!r} is a single output; declare the task with @ox.task(nout=N) to unpack it"
+        )
+
+    def __bool__(self) -> bool:
+        raise TypeError(f"the truth value of {self!r} is not known until it is computed")
+
+
+class TaskFunction:
+    """A function made into a task: calling it builds a graph node and returns Delayed output(s)."""
+
+    def __init__(
+        self, func: Callable[..., Any], nout: int = 1, name: str | None = None, pure: bool = True
+    ) -> None:
+        if not callable(func):
+            raise TypeError(f"ox.task expects a callable, got {type(func).__name__}")
+        if not isinstance(nout, int) or isinstance(nout, bool) or nout < 1:
+            raise TypeError(f"nout must be an int >= 1, got {nout!r}")
+        if isinstance(func, TaskFunction):
+            func = func.func
+        self.func = func
+        self.nout = nout
+        self.name = name or _function_name(func)
+        self.pure = pure
+        functools.update_wrapper(self, func)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # An impure task gets a fresh token per call, so two calls are never merged into one node.
+        token = tokenize(self.func, args, kwargs) if self.pure else tokenize(object())
+        node = TaskNode(self.func, self.name, args, kwargs, self.nout, token)
+        if self.nout == 1:
+            return Delayed(node)
+        return tuple(Delayed(node, i) for i in range(self.nout))
+
+    def __repr__(self) -> str:
+        return f"<orchestrix task {self.name} nout={self.nout}>"
+
+
+@overload
+def task(func: Callable[..., Any], /) -> TaskFunction: ...
+@overload
+def task(
+    *, nout: int = 1, name: str | None = None, pure: bool = True
+) -> Callable[[Callable[..., Any]], TaskFunction]: ...
+def task(
+    func: Callable[..., Any] | None = None,
+    /,
+    *,
+    nout: int = 1,
+    name: str | None = None,
+    pure: bool = True,
+) -> Any:
+    """Make ``func`` a task: ``@ox.task``, ``@ox.task(nout=2)`` or ``ox.task(np.add)``.
+
+    ``nout`` is the number of outputs (the function then returns a tuple of that length); ``name``
+    replaces the function's qualified name in keys, logs and errors; ``pure=False`` gives every
+    call its own key (use it for functions whose result is not determined by their arguments).
+    """
+    if func is not None:
+        return TaskFunction(func, nout=nout, name=name, pure=pure)
+    return lambda f: TaskFunction(f, nout=nout, name=name, pure=pure)
+
+
+@dataclass
+class Graph:
+    """The nodes that some targets need, keyed by node key, in topological order."""
+
+    nodes: dict[str, TaskNode]
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+
+def build_graph(targets: Iterable[Delayed]) -> Graph:
+    """Collect the nodes needed by ``targets``, dependencies first, each key once.
+
+    Iterative depth-first search, so that a chain of 100,000 tasks does not hit Python's recursion
+    limit; the order is deterministic (arguments left to right).
+    """
+    order: dict[str, TaskNode] = {}
+    for target in targets:
+        root = target.node
+        if root.key in order:
+            continue
+        stack: list[tuple[TaskNode, Iterator[TaskNode]]] = [(root, iter(root.deps))]
+        visiting = {root.key}
+        while stack:
+            node, pending = stack[-1]
+            for dep in pending:
+                if dep.key not in order and dep.key not in visiting:
+                    visiting.add(dep.key)
+                    stack.append((dep, iter(dep.deps)))
+                    break
+            else:
+                stack.pop()
+                order[node.key] = node
+    return Graph(order)
+
+
+def find_delayed(obj: Any) -> list[Delayed]:
+    """The Delayed objects inside ``obj`` (itself, or nested in lists, tuples and dicts)."""
+    found: list[Delayed] = []
+    _walk(obj, found.append)
+    return found
+
+
+def _walk(obj: Any, visit: Callable[[Delayed], None]) -> None:
+    if isinstance(obj, Delayed):
+        visit(obj)
+    elif type(obj) in (list, tuple):
+        for item in obj:
+            _walk(item, visit)
+    elif type(obj) is dict:
+        for item in obj.values():
+            _walk(item, visit)
+
+
+def _replace_delayed(obj: Any, deps: dict[str, TaskNode]) -> Any:
+    """Copy ``obj`` with each Delayed replaced by a Ref, recording the nodes it refers to.
+
+    Only exact lists, tuples and dicts are searched (as dask does); other containers are opaque.
+    Containers without a Delayed are returned as they are, not copied.
+    """
+    if isinstance(obj, Delayed):
+        deps.setdefault(obj.key, obj.node)
+        return Ref(obj.key, obj.index)
+    kind = type(obj)
+    if kind is list or kind is tuple:
+        items = [_replace_delayed(item, deps) for item in obj]
+        if all(new is old for new, old in zip(items, obj)):
+            return obj
+        return items if kind is list else tuple(items)
+    if kind is dict:
+        values = {k: _replace_delayed(v, deps) for k, v in obj.items()}
+        if all(values[k] is v for k, v in obj.items()):
+            return obj
+        return values
+    return obj
+
+
+def _function_name(func: Any) -> str:
+    if isinstance(func, functools.partial):
+        return _function_name(func.func)
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None)
+    return name or type(func).__name__
