@@ -8,6 +8,7 @@ topological order. This module is pure: it knows nothing of configuration or bac
 from __future__ import annotations
 
 import functools
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, overload
@@ -114,7 +115,7 @@ class TaskFunction:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # An impure task gets a fresh token per call, so two calls are never merged into one node.
-        token = tokenize(self.func, args, kwargs) if self.pure else tokenize(object())
+        token = tokenize(self.func, args, kwargs) if self.pure else uuid.uuid4().hex
         node = TaskNode(self.func, self.name, args, kwargs, self.nout, token)
         if self.nout == 1:
             return Delayed(node)

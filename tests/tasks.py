@@ -1,0 +1,86 @@
+"""Task functions used by the tests, importable by worker processes (not defined in tests)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import orchestrix as ox
+
+
+@ox.task
+def ident(x):
+    return x
+
+
+@ox.task
+def inc(x):
+    return x + 1
+
+
+@ox.task
+def add(a, b):
+    return a + b
+
+
+@ox.task
+def total(*values, start=0):
+    return start + sum(values)
+
+
+@ox.task(nout=2)
+def divmod_task(a, b):
+    return divmod(a, b)
+
+
+@ox.task(nout=3)
+def three(x):
+    return x, x * 2, x * 3
+
+
+@ox.task
+def describe(data):
+    """Returns the structure of ``data`` with leaves replaced by their repr: checks nesting."""
+    return _shape_of(data)
+
+
+def _shape_of(data):
+    if isinstance(data, dict):
+        return {k: _shape_of(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return type(data)(_shape_of(v) for v in data)
+    return data
+
+
+@ox.task
+def fail(message="boom"):
+    raise ValueError(message)
+
+
+@ox.task(nout=2)
+def wrong_nout(x):
+    return x
+
+
+@ox.task
+def make_array(n_bytes, fill):
+    return np.full(n_bytes // 8, fill, dtype=np.float64)
+
+
+@ox.task
+def scale(array, factor):
+    return array * factor
+
+
+@ox.task
+def checksum(array):
+    return float(array.sum())
+
+
+def square(x):
+    return x * x
+
+
+def raise_on(x, bad):
+    if x == bad:
+        raise KeyError(x)
+    return x
