@@ -111,11 +111,13 @@ class TaskFunction:
         self.nout = nout
         self.name = name or _function_name(func)
         self.pure = pure
+        # The function is hashed once, not per call: its code rarely changes during a run.
+        self._func_token = tokenize(func) if pure else ""
         functools.update_wrapper(self, func)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # An impure task gets a fresh token per call, so two calls are never merged into one node.
-        token = tokenize(self.func, args, kwargs) if self.pure else uuid.uuid4().hex
+        token = tokenize(self._func_token, args, kwargs) if self.pure else uuid.uuid4().hex
         node = TaskNode(self.func, self.name, args, kwargs, self.nout, token)
         if self.nout == 1:
             return Delayed(node)

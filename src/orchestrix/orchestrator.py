@@ -164,8 +164,20 @@ def _write_used_config(config: Config) -> None:
     os.replace(temporary, path)  # atomic: a reader never sees half a file
 
 
+_TASKS_OF_FUNCTIONS: weakref.WeakKeyDictionary[Any, TaskFunction] = weakref.WeakKeyDictionary()
+
+
 def _as_task(fn: Callable[..., Any]) -> TaskFunction:
-    return fn if isinstance(fn, TaskFunction) else TaskFunction(fn)
+    """The task that wraps ``fn``, made once per function (submit is called in tight loops)."""
+    if isinstance(fn, TaskFunction):
+        return fn
+    try:
+        wrapped = _TASKS_OF_FUNCTIONS.get(fn)
+    except TypeError:  # not weakly referenceable (builtins): wrap it each time
+        return TaskFunction(fn)
+    if wrapped is None:
+        wrapped = _TASKS_OF_FUNCTIONS[fn] = TaskFunction(fn)
+    return wrapped
 
 
 def _call_chunk(fn: Callable[..., Any], calls: list[tuple[Any, ...]]) -> list[Any]:
