@@ -70,10 +70,24 @@ def main() -> None:
     loop = median_seconds(lambda: [add(noop(i), noop(i + 1)) for i in range(0, N_TASKS // 2, 2)])
     rows = []
     with ox.Orchestrator(mode="sequential") as orch:
-        rows.append(("graph, 7,500 tasks: orchestrix sequential", median_seconds(graph_orchestrix(orch)), 7500))
+        rows.append(
+            (
+                "graph, 7,500 tasks: orchestrix sequential",
+                median_seconds(graph_orchestrix(orch)),
+                7500,
+            )
+        )
         rows.append(("graph, 7,500 tasks: dask scheduler='sync'", median_seconds(graph_dask), 7500))
-        rows.append(("submit, 2,000 calls: orchestrix sequential", median_seconds(submit_orchestrix(orch)), 2000))
-        rows.append(("submit, 2,000 calls: ThreadPoolExecutor(1)", median_seconds(submit_threadpool), 2000))
+        rows.append(
+            (
+                "submit, 2,000 calls: orchestrix sequential",
+                median_seconds(submit_orchestrix(orch)),
+                2000,
+            )
+        )
+        rows.append(
+            ("submit, 2,000 calls: ThreadPoolExecutor(1)", median_seconds(submit_threadpool), 2000)
+        )
     print("| workload | seconds | tasks/s | us/task |")
     print("|---|---|---|---|")
     for name, seconds, count in rows:

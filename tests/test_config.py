@@ -125,7 +125,9 @@ def test_no_out_dir_writes_nothing(tmp_path, monkeypatch):
 
 
 def test_from_file_json_yaml_and_cars_section(tmp_path):
-    (tmp_path / "conf.json").write_text(json.dumps({"mode": "sequential", "factorize_tasks": False}))
+    (tmp_path / "conf.json").write_text(
+        json.dumps({"mode": "sequential", "factorize_tasks": False})
+    )
     (tmp_path / "conf.yaml").write_text("mode: sequential\nfactorize_tasks: false\n")
     (tmp_path / "cars.json").write_text(
         json.dumps({"inputs": {}, "orchestrator": {"mode": "sequential", "factorize_tasks": False}})

@@ -6,6 +6,8 @@ import concurrent.futures
 
 import numpy as np
 import pytest
+
+import orchestrix as ox
 from tasks import (
     add,
     checksum,
@@ -23,15 +25,17 @@ from tasks import (
     wrong_nout,
 )
 
-import orchestrix as ox
-
 
 def test_single_task(orch, oracle):
     assert orch.compute(inc(41)) == oracle.compute(inc(41)) == 42
 
 
 def test_non_delayed_leaves_pass_through(orch):
-    assert orch.compute({"a": inc(1), "b": 7, "c": [inc(2), "x"]}) == {"a": 2, "b": 7, "c": [3, "x"]}
+    assert orch.compute({"a": inc(1), "b": 7, "c": [inc(2), "x"]}) == {
+        "a": 2,
+        "b": 7,
+        "c": [3, "x"],
+    }
     assert orch.compute((inc(1), inc(2))) == (2, 3)
     assert orch.compute([]) == []
 
@@ -54,7 +58,7 @@ def test_wrong_number_of_outputs_is_a_task_error(orch):
 
 def test_single_output_delayed_cannot_be_unpacked():
     with pytest.raises(TypeError, match="nout"):
-        a, b = inc(1)
+        _first, _second = inc(1)
 
 
 def test_nested_containers_in_arguments(orch, oracle):

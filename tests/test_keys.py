@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from tasks import add, inc
 
 import orchestrix as ox
 from orchestrix.tokenize import tokenize
+from tasks import add, inc
 
 SCRIPT = """
 import sys

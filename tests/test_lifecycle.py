@@ -6,9 +6,9 @@ import subprocess
 import sys
 
 import pytest
-from tasks import inc, square
 
 import orchestrix as ox
+from tasks import inc, square
 
 
 def test_import_does_not_load_heavy_modules():
@@ -18,7 +18,9 @@ def test_import_does_not_load_heavy_modules():
         " if m in sys.modules];"
         "print(','.join(heavy))"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == ""
 
 
@@ -103,7 +105,8 @@ def test_demo_results_do_not_depend_on_fusion():
     from orchestrix.demo import build
 
     graph = build(256, 64)
-    with ox.Orchestrator(mode="sequential") as fused, ox.Orchestrator(
-        mode="sequential", factorize_tasks=False
-    ) as plain:
+    with (
+        ox.Orchestrator(mode="sequential") as fused,
+        ox.Orchestrator(mode="sequential", factorize_tasks=False) as plain,
+    ):
         assert fused.compute(graph) == plain.compute(graph)

@@ -33,7 +33,9 @@ def _demo(args: argparse.Namespace) -> int:
 
     options: dict[str, Any] = {"mode": args.mode}
     if args.nb_workers is not None:
-        options["nb_workers"] = int(args.nb_workers) if args.nb_workers.isdigit() else args.nb_workers
+        options["nb_workers"] = (
+            int(args.nb_workers) if args.nb_workers.isdigit() else args.nb_workers
+        )
     if args.out_dir is not None:
         options["out_dir"] = args.out_dir
     summary = run_demo(args.size, args.tile, **options)

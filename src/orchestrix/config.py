@@ -42,8 +42,13 @@ MP_MODES = ("forkserver", "fork", "spawn")
 
 
 def _key(default: Any, expected: str, check: Callable[[Any], bool], doc: str) -> Any:
-    """A config field: its default, a check of its value, and how to describe a valid value."""
-    return field(default=default, metadata={"expected": expected, "check": check, "doc": doc})
+    """A config field: its default, a check of its value, and how to describe a valid value.
+
+    A callable default is a factory (each config gets its own value)."""
+    metadata = {"expected": expected, "check": check, "doc": doc}
+    if callable(default):
+        return field(default_factory=default, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def _is_int(value: Any) -> bool:
@@ -95,12 +100,17 @@ _WALLTIME = re.compile(r"^\d+:[0-5]\d:[0-5]\d$")
 
 @dataclass(frozen=True)
 class ProfilingConfig:
-    """The ``profiling`` key: ``{"mode": "timing" | "cprofile" | "memray", "loop_testing": bool}``."""
+    """The ``profiling`` key: ``{"mode": "timing"|"cprofile"|"memray", "loop_testing": bool}``."""
 
     mode: str = _key(
-        "timing", f"one of {', '.join(PROFILING_MODES)}", _one_of(*PROFILING_MODES), "what to record"
+        "timing",
+        f"one of {', '.join(PROFILING_MODES)}",
+        _one_of(*PROFILING_MODES),
+        "what to record",
     )
-    loop_testing: bool = _key(False, "a bool", _is_bool, "run each task several times, report leaks")
+    loop_testing: bool = _key(
+        False, "a bool", _is_bool, "run each task several times, report leaks"
+    )
 
     def __post_init__(self) -> None:
         _check_fields(self, "profiling.")
@@ -121,8 +131,8 @@ class Config:
     factorize_tasks: bool = _key(
         True, "a bool", _is_bool, "fuse sequential chains of tasks into one unit of work"
     )
-    profiling: ProfilingConfig = _key(
-        ProfilingConfig(),
+    profiling: ProfilingConfig = _key(  # noqa: RUF009 - _key returns a field()
+        ProfilingConfig,
         "a dict with keys 'mode' and 'loop_testing'",
         _profiling,
         "per-task profiling",
@@ -144,7 +154,7 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def keys(cls) -> tuple[str, ...]:
+    def key_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(cls))
 
 
@@ -195,7 +205,10 @@ class MultiprocessingConfig(_WorkerPoolConfig):
 
     mode: str = "multiprocessing"
     nb_workers: int | str = _key(
-        "auto", "a positive int or 'auto'", lambda v: v == "auto" or _positive_int(v), "workers"
+        "auto",
+        "a positive int or 'auto'",
+        lambda v: v == "auto" or _positive_int(v),
+        "worker count",
     )
     mp_mode: str = _key(
         "forkserver", f"one of {', '.join(MP_MODES)}", _one_of(*MP_MODES), "how workers start"
@@ -231,14 +244,20 @@ class LocalDaskConfig(_DaskConfig):
 @dataclass(frozen=True)
 class _JobqueueConfig(_DaskConfig):
     walltime: str = _key(
-        "00:59:00", "a duration 'HH:MM:SS'", lambda v: isinstance(v, str) and bool(_WALLTIME.match(v)),
+        "00:59:00",
+        "a duration 'HH:MM:SS'",
+        lambda v: isinstance(v, str) and bool(_WALLTIME.match(v)),
         "walltime of one worker job",
     )
     python: str | None = _key(
         None, "a path to a Python interpreter or None", _optional(_is_str), "worker interpreter"
     )
-    account: str | None = _key(None, "an account name (str)", _optional(_is_str), "batch account")
-    qos: str | None = _key(None, "a quality of service (str)", _optional(_is_str), "batch QoS")
+    account: str | None = _key(
+        None, "an account name (str) or None", _optional(_is_str), "batch account to charge"
+    )
+    qos: str | None = _key(
+        None, "a QoS name (str) or None", _optional(_is_str), "batch quality of service"
+    )
 
 
 @dataclass(frozen=True)
@@ -285,11 +304,10 @@ def parse_config(options: Mapping[str, Any] | Config | None = None, **overrides:
             raise ConfigError(f"config keys must be strings, got {key!r}")
     mode = merged.setdefault("mode", DEFAULT_MODE)
     if mode not in CONFIG_CLASSES:
-        raise ConfigError(
-            f"key 'mode' expects one of {', '.join(MODES)}, got {mode!r}{_did_you_mean(mode, MODES)}"
-        )
+        hint = _did_you_mean(mode, MODES)
+        raise ConfigError(f"key 'mode' expects one of {', '.join(MODES)}, got {mode!r}{hint}")
     config_class = CONFIG_CLASSES[mode]
-    valid = config_class.keys()
+    valid = config_class.key_names()
     for key in merged:
         if key not in valid:
             raise ConfigError(_unknown_key_message(key, mode, valid))
@@ -318,7 +336,7 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _build_profiling(value: Mapping[str, Any]) -> ProfilingConfig:
-    valid = ProfilingConfig.__dataclass_fields__.keys()
+    valid = tuple(ProfilingConfig.__dataclass_fields__)
     for key in value:
         if key not in valid:
             hint = _did_you_mean(key, valid)
@@ -329,9 +347,11 @@ def _build_profiling(value: Mapping[str, Any]) -> ProfilingConfig:
 
 
 def _unknown_key_message(key: str, mode: str, valid: tuple[str, ...]) -> str:
-    other_modes = [m for m, cls in CONFIG_CLASSES.items() if key in cls.keys()]
+    other_modes = [m for m, cls in CONFIG_CLASSES.items() if key in cls.key_names()]
     if other_modes:
-        what = f"key {key!r} does not apply to mode {mode!r} (it is a key of {', '.join(other_modes)})"
+        what = (
+            f"key {key!r} does not apply to mode {mode!r} (it is a key of {', '.join(other_modes)})"
+        )
     else:
         what = f"unknown key {key!r} for mode {mode!r}"
     return f"{what}{_did_you_mean(key, valid)}; valid keys: {', '.join(sorted(valid))}"

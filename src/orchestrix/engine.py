@@ -119,9 +119,7 @@ class _Run:
         cause = _task_error(outcome.failure)
         downstream = self._downstream(outcome.unit.key)
         hit = min(
-            (position, key)
-            for key in downstream
-            for position, _ in self.targets_at.get(key, ())
+            (position, key) for key in downstream for position, _ in self.targets_at.get(key, ())
         )
         target_key = hit[1]
         if target_key == cause.key:

@@ -25,7 +25,7 @@ class TaskFailure:
 
 @dataclass
 class UnitOutcome:
-    """What a backend reports for a finished unit: its output, or the failure of one of its tasks."""
+    """What a backend reports for a finished unit: its output, or which of its tasks failed."""
 
     unit: WorkUnit
     value: Any = None
@@ -43,7 +43,7 @@ def run_unit(unit: WorkUnit, inputs: Mapping[str, Any], *, remote: bool = False)
     for node in unit.tasks:
         try:
             value = _call(node, values)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure of user code is the task's
             text = "".join(traceback.format_exception(exc)) if remote else None
             return UnitOutcome(unit, failure=TaskFailure(node.key, node.name, exc, text))
         values[node.key] = value

@@ -41,9 +41,7 @@ class WorkUnit:
 
 def one_unit_per_task(graph: Graph) -> list[WorkUnit]:
     """Every task its own unit (``factorize_tasks=False``)."""
-    return [
-        WorkUnit((node,), tuple(dep.key for dep in node.deps)) for node in graph.nodes.values()
-    ]
+    return [WorkUnit((node,), tuple(dep.key for dep in node.deps)) for node in graph.nodes.values()]
 
 
 def factorize(graph: Graph, targets: Collection[str]) -> list[WorkUnit]:

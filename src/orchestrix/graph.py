@@ -29,7 +29,7 @@ class Ref:
 class TaskNode:
     """One call of a task: the function, its arguments (Delayed replaced by Ref) and its deps."""
 
-    __slots__ = ("key", "name", "func", "args", "kwargs", "nout", "deps", "has_refs")
+    __slots__ = ("args", "deps", "func", "has_refs", "key", "kwargs", "name", "nout")
 
     def __init__(
         self,
@@ -57,7 +57,7 @@ class TaskNode:
 class Delayed:
     """A handle to a task's output, to pass to other tasks or to ``Orchestrator.compute``."""
 
-    __slots__ = ("_node", "_index")
+    __slots__ = ("_index", "_node")
     __orchestrix_delayed__ = True
 
     def __init__(self, node: TaskNode, index: int | None = None) -> None:
@@ -107,7 +107,7 @@ class TaskFunction:
             raise TypeError(f"nout must be an int >= 1, got {nout!r}")
         if isinstance(func, TaskFunction):
             func = func.func
-        self.func = func
+        self.func: Callable[..., Any] = func
         self.nout = nout
         self.name = name or _function_name(func)
         self.pure = pure
@@ -218,7 +218,7 @@ def _replace_delayed(obj: Any, deps: dict[str, TaskNode]) -> Any:
     kind = type(obj)
     if kind is list or kind is tuple:
         items = [_replace_delayed(item, deps) for item in obj]
-        if all(new is old for new, old in zip(items, obj)):
+        if all(new is old for new, old in zip(items, obj, strict=True)):
             return obj
         return items if kind is list else tuple(items)
     if kind is dict:

@@ -85,7 +85,7 @@ class Orchestrator(Executor):
         try:
             for _, value in self._run([delayed]):
                 future.set_result(value)
-        except BaseException as exc:  # noqa: BLE001 - the future carries any failure
+        except BaseException as exc:
             future.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
@@ -107,7 +107,7 @@ class Orchestrator(Executor):
             raise ValueError(f"chunksize must be an int >= 1, got {chunksize!r}")
         self._check_open()
         deadline = None if timeout is None else time.monotonic() + timeout
-        calls = list(zip(*iterables))
+        calls = list(zip(*iterables))  # noqa: B905 - shortest iterable wins, as in Executor.map
         chunk_task = TaskFunction(_call_chunk, name=f"map-{_name_of(fn)}")
         chunks = [chunk_task(fn, calls[i : i + chunksize]) for i in range(0, len(calls), chunksize)]
         return _in_order(self._run(chunks), len(chunks), deadline)

@@ -144,7 +144,7 @@ class _Feeder:
     def _feed_pickled(self, obj: Any) -> None:
         try:
             data = pickle.dumps(obj, protocol=4)
-        except Exception:
+        except Exception:  # noqa: BLE001 - whatever makes pickling fail, fall back
             # Nothing stable to hash: the value gets a unique token, so its task is never shared.
             data = uuid.uuid4().bytes
         self._tag(b"pickle", _qualified_name(type(obj)))

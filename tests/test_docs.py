@@ -1,0 +1,18 @@
+"""The configuration reference in docs/ is generated from the code and must match it."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).parent.parent / "docs" / "make_config_table.py"
+
+
+@pytest.mark.skipif(not SCRIPT.exists(), reason="docs/ is not part of this checkout")
+def test_configuration_reference_matches_code():
+    spec = importlib.util.spec_from_file_location("make_config_table", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.embedded() == module.table(), "run: python docs/make_config_table.py --write"
