@@ -251,3 +251,14 @@ def test_results_match_across_factorization(mode):
         with ox.Orchestrator(mode=mode, factorize_tasks=factorize) as orchestrator:
             results.append(orchestrator.compute(graph))
     assert results[0] == results[1] == [6, 6]
+
+
+def test_traceback_shows_the_line_that_raised(orch):
+    import traceback
+
+    with pytest.raises(ox.TaskError) as info:
+        orch.compute(inc(fail("deep trouble")))
+    text = "".join(traceback.format_exception(info.value))
+    assert "raise ValueError(message)" in text  # the task's own source line
+    assert "ValueError: deep trouble" in text
+    assert "UpstreamTaskError: task 'inc' did not run: upstream task 'fail' failed" in text
