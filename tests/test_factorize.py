@@ -22,7 +22,7 @@ from orchestrix.graph import Delayed, Graph, build_graph
 
 # -- task functions that count their executions ---------------------------------------------------
 
-RUNS: Counter[int] = Counter()
+runs: Counter[int] = Counter()
 _MODULUS = (1 << 61) - 1
 
 
@@ -37,12 +37,12 @@ def _mix(node_id: int, inputs: Sequence[Any]) -> int:
 
 
 def _single(node_id: int, *inputs: Any) -> int:
-    RUNS[node_id] += 1
+    runs[node_id] += 1
     return _mix(node_id, inputs)
 
 
 def _pair(node_id: int, *inputs: Any) -> tuple[int, int]:
-    RUNS[node_id] += 1
+    runs[node_id] += 1
     value = _mix(node_id, inputs)
     return value, (value * 31 + 7) % _MODULUS
 
@@ -61,7 +61,6 @@ def expected_pair(node_id: int, *inputs: Any) -> tuple[int, int]:
 
 
 # -- random DAG specifications ------------------------------------------------------------------
-
 
 
 @dataclass(frozen=True)
@@ -126,9 +125,7 @@ def evaluate(spec: DagSpec) -> list[Any]:
     def value_of(i: int) -> Any:
         if i not in memo:
             node = spec.nodes[i]
-            inputs = [
-                value_of(j) if k is None else value_of(j)[k] for j, k in node.sources
-            ]
+            inputs = [value_of(j) if k is None else value_of(j)[k] for j, k in node.sources]
             args = [inputs] if node.nested else inputs
             function = expected_single if node.nout == 1 else expected_pair
             memo[i] = function(i, *args)
@@ -187,7 +184,7 @@ def check_units(graph: Graph, targets: set[str], units: list[WorkUnit], fused: b
             assert dep in seen, f"{unit!r} reads {dep}, which no earlier unit produces"
         seen.add(unit.key)
         # The tasks form a chain.
-        for previous, node in zip(unit.tasks, unit.tasks[1:]):
+        for previous, node in zip(unit.tasks, unit.tasks[1:], strict=False):
             assert [dep.key for dep in node.deps] == [previous.key]
             assert consumers[previous.key] == {node.key}
             assert previous.key not in targets
@@ -229,13 +226,13 @@ def test_compute_matches_direct_evaluation_and_runs_each_task_once(
     targets = build(spec)
     expected = evaluate(spec)
     with ox.Orchestrator(mode="sequential", factorize_tasks=fused) as orch:
-        RUNS.clear()
+        runs.clear()
         assert orch.compute(targets) == expected
-        assert RUNS == Counter(dict.fromkeys(needed_nodes(spec), 1))
+        assert runs == Counter(dict.fromkeys(needed_nodes(spec), 1))
         # A second compute runs everything again, once more.
-        RUNS.clear()
+        runs.clear()
         assert orch.compute(tuple(targets)) == tuple(expected)
-        assert RUNS == Counter(dict.fromkeys(needed_nodes(spec), 1))
+        assert runs == Counter(dict.fromkeys(needed_nodes(spec), 1))
 
 
 @settings(max_examples=60, deadline=None)
@@ -261,7 +258,7 @@ def test_unit_structure(spec: DagSpec, fused: bool) -> None:
 @given(spec=dag_specs())
 def test_factorize_is_deterministic_and_matches_engine_plan(spec: DagSpec) -> None:
     targets = build(spec)
-    graph, keys, units = plan(targets, True)
+    _, keys, units = plan(targets, True)
     again = factorize(build_graph(build(spec)), keys)
     assert [[t.key for t in u.tasks] for u in units] == [[t.key for t in u.tasks] for u in again]
     with ox.Orchestrator(mode="sequential") as orch:
@@ -286,9 +283,9 @@ def test_chain_of_four_is_one_unit() -> None:
 
     value = expected_single(3, expected_single(2, expected_single(1, expected_single(0))))
     with ox.Orchestrator(mode="sequential", factorize_tasks=True) as orch:
-        RUNS.clear()
+        runs.clear()
         assert orch.compute(d) == value
-        assert RUNS == Counter({0: 1, 1: 1, 2: 1, 3: 1})
+        assert runs == Counter({0: 1, 1: 1, 2: 1, 3: 1})
 
 
 def test_chain_unfused_is_four_units() -> None:
@@ -313,9 +310,9 @@ def test_diamond_is_four_units() -> None:
     va = expected_single(0)
     expected = expected_single(3, expected_single(1, va), expected_single(2, va))
     with ox.Orchestrator(mode="sequential") as orch:
-        RUNS.clear()
+        runs.clear()
         assert orch.compute(d) == expected
-        assert RUNS == Counter({0: 1, 1: 1, 2: 1, 3: 1})
+        assert runs == Counter({0: 1, 1: 1, 2: 1, 3: 1})
 
 
 def test_two_output_task_feeding_two_consumers_is_not_fused_and_runs_once() -> None:
@@ -335,9 +332,9 @@ def test_two_output_task_feeding_two_consumers_is_not_fused_and_runs_once() -> N
     p0, p1 = expected_pair(1, expected_single(0))
     for fused in (True, False):
         with ox.Orchestrator(mode="sequential", factorize_tasks=fused) as orch:
-            RUNS.clear()
+            runs.clear()
             assert orch.compute([x, y]) == [expected_single(2, p0), expected_single(3, p1)]
-            assert RUNS == Counter({0: 1, 1: 1, 2: 1, 3: 1})
+            assert runs == Counter({0: 1, 1: 1, 2: 1, 3: 1})
 
 
 def test_two_output_task_with_both_outputs_read_by_one_consumer_is_fused() -> None:
@@ -350,9 +347,9 @@ def test_two_output_task_with_both_outputs_read_by_one_consumer_is_fused() -> No
 
     p0, p1 = expected_pair(0)
     with ox.Orchestrator(mode="sequential") as orch:
-        RUNS.clear()
+        runs.clear()
         assert orch.compute(z) == expected_single(1, p1, p0)
-        assert RUNS == Counter({0: 1, 1: 1})
+        assert runs == Counter({0: 1, 1: 1})
 
 
 def test_two_output_task_that_is_a_target_and_fed_on() -> None:
@@ -364,13 +361,13 @@ def test_two_output_task_that_is_a_target_and_fed_on() -> None:
 
     p0, p1 = expected_pair(0)
     with ox.Orchestrator(mode="sequential") as orch:
-        RUNS.clear()
+        runs.clear()
         assert orch.compute({"right": right, "z": z, "both": [left, right]}) == {
             "right": p1,
             "z": expected_single(1, p0),
             "both": [p0, p1],
         }
-        assert RUNS == Counter({0: 1, 1: 1})
+        assert runs == Counter({0: 1, 1: 1})
 
 
 def test_target_in_the_middle_splits_the_chain() -> None:
@@ -386,25 +383,25 @@ def test_target_in_the_middle_splits_the_chain() -> None:
     vb = expected_single(1, expected_single(0))
     vd = expected_single(3, expected_single(2, vb))
     with ox.Orchestrator(mode="sequential", factorize_tasks=True) as orch:
-        RUNS.clear()
+        runs.clear()
         assert orch.compute([b, d]) == [vb, vd]
-        assert RUNS == Counter({0: 1, 1: 1, 2: 1, 3: 1})
-        RUNS.clear()
+        assert runs == Counter({0: 1, 1: 1, 2: 1, 3: 1})
+        runs.clear()
         assert orch.compute(b) == vb
-        assert RUNS == Counter({0: 1, 1: 1})
+        assert runs == Counter({0: 1, 1: 1})
 
 
 def test_same_call_twice_is_one_node() -> None:
     a1 = single(0)
     a2 = single(0)  # a pure task called again with the same arguments: the same key
     b = single(1, a1, a2)
-    graph, keys, units = plan([b], True)
+    graph, _, units = plan([b], True)
     assert len(graph) == 2
     assert len(units) == 1
     with ox.Orchestrator(mode="sequential") as orch:
-        RUNS.clear()
+        runs.clear()
         assert orch.compute(b) == expected_single(1, expected_single(0), expected_single(0))
-        assert RUNS == Counter({0: 1, 1: 1})
+        assert runs == Counter({0: 1, 1: 1})
 
 
 def test_empty_graph_has_no_units() -> None:
@@ -417,7 +414,7 @@ def test_long_chain_is_one_unit_and_computes() -> None:
     d = add(0, 1)
     for _ in range(4_999):
         d = add(d, 1)
-    graph, keys, units = plan([d], True)
+    units = plan([d], True)[2]
     assert len(units) == 1 and len(units[0].tasks) == 5_000
     with ox.Orchestrator(mode="sequential") as orch:
         assert orch.compute(d) == 5_000

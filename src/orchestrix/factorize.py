@@ -49,6 +49,7 @@ def factorize(graph: Graph, targets: Collection[str]) -> list[WorkUnit]:
 
     Units come out in a topological order (each unit after the units it depends on).
     """
+    targets = targets if isinstance(targets, (set, frozenset)) else set(targets)
     consumers = _count_consumers(graph)
     successor: dict[str, TaskNode] = {}
     fused_into_predecessor: set[str] = set()
