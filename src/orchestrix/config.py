@@ -95,6 +95,15 @@ def _check_fields(config: Any, prefix: str, mode: str | None = None) -> None:
             )
 
 
+def _nb_workers_key(default: int | str) -> Any:
+    check = lambda v: v == "auto" or _positive_int(v)  # noqa: E731
+    return _key(default, "a positive int or 'auto'", check, "worker count")
+
+
+def _seconds_key(default: float | None, doc: str) -> Any:
+    return _key(default, "a positive number of seconds or None", _optional(_positive_number), doc)
+
+
 _WALLTIME = re.compile(r"^\d+:[0-5]\d:[0-5]\d$")
 
 
@@ -170,24 +179,14 @@ class SequentialConfig(Config):
 class _WorkerPoolConfig(Config):
     """Keys of every mode that runs tasks in worker processes."""
 
-    nb_workers: int | str = _key(
-        2, "a positive int or 'auto'", lambda v: v == "auto" or _positive_int(v), "worker count"
-    )
+    nb_workers: int | str = _nb_workers_key(2)
     max_ram_per_worker: int | float = _key(
         2000, "a positive number of MB", _positive_number, "memory limit of a worker (MB)"
     )
-    task_timeout: int | float | None = _key(
-        600,
-        "a positive number of seconds or None",
-        _optional(_positive_number),
-        "stall watchdog: restart when no task finished for this long",
+    task_timeout: int | float | None = _seconds_key(
+        600, "stall watchdog: restart when no task finished for this long"
     )
-    per_job_timeout: int | float | None = _key(
-        600,
-        "a positive number of seconds or None",
-        _optional(_positive_number),
-        "a task running longer is stopped",
-    )
+    per_job_timeout: int | float | None = _seconds_key(600, "a task running longer is stopped")
     retries: int = _key(
         2,
         "an int >= 0",
@@ -204,12 +203,7 @@ class MultiprocessingConfig(_WorkerPoolConfig):
     """``multiprocessing``: a pool of local worker processes."""
 
     mode: str = "multiprocessing"
-    nb_workers: int | str = _key(
-        "auto",
-        "a positive int or 'auto'",
-        lambda v: v == "auto" or _positive_int(v),
-        "worker count",
-    )
+    nb_workers: int | str = _nb_workers_key("auto")
     mp_mode: str = _key(
         "forkserver", f"one of {', '.join(MP_MODES)}", _one_of(*MP_MODES), "how workers start"
     )

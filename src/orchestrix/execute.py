@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .factorize import WorkUnit
-from .graph import Ref, TaskNode
+from .graph import Ref, TaskNode, map_nested
 
 __all__ = ["TaskFailure", "UnitOutcome", "resolve", "run_unit"]
 
@@ -65,16 +65,12 @@ def _call(node: TaskNode, values: Mapping[str, Any]) -> Any:
 
 def resolve(obj: Any, values: Mapping[str, Any]) -> Any:
     """Replace each Ref in ``obj`` (nested in lists, tuples, dicts) by the value it stands for."""
-    if isinstance(obj, Ref):
-        value = values[obj.key]
-        return value if obj.index is None else value[obj.index]
-    kind = type(obj)
-    if kind is list or kind is tuple:
-        items = [resolve(item, values) for item in obj]
-        return items if kind is list else tuple(items)
-    if kind is dict:
-        return {k: resolve(v, values) for k, v in obj.items()}
-    return obj
+
+    def value_of(ref: Ref) -> Any:
+        value = values[ref.key]
+        return value if ref.index is None else value[ref.index]
+
+    return map_nested(obj, Ref, value_of)
 
 
 def _sized(obj: Any) -> bool:

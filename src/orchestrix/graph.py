@@ -191,42 +191,46 @@ def build_graph(targets: Iterable[Delayed]) -> Graph:
 def find_delayed(obj: Any) -> list[Delayed]:
     """The Delayed objects inside ``obj`` (itself, or nested in lists, tuples and dicts)."""
     found: list[Delayed] = []
-    _walk(obj, found.append)
+
+    def collect(leaf: Delayed) -> Delayed:
+        found.append(leaf)
+        return leaf
+
+    map_nested(obj, Delayed, collect)
     return found
 
 
-def _walk(obj: Any, visit: Callable[[Delayed], None]) -> None:
-    if isinstance(obj, Delayed):
-        visit(obj)
-    elif type(obj) in (list, tuple):
-        for item in obj:
-            _walk(item, visit)
-    elif type(obj) is dict:
-        for item in obj.values():
-            _walk(item, visit)
-
-
-def _replace_delayed(obj: Any, deps: dict[str, TaskNode]) -> Any:
-    """Copy ``obj`` with each Delayed replaced by a Ref, recording the nodes it refers to.
+def map_nested(obj: Any, leaf_type: type, replace: Callable[[Any], Any]) -> Any:
+    """Copy ``obj`` with each ``leaf_type`` instance replaced by ``replace(leaf)``.
 
     Only exact lists, tuples and dicts are searched (as dask does); other containers are opaque.
-    Containers without a Delayed are returned as they are, not copied.
+    Leaves are visited depth first, left to right. A container with nothing replaced is returned
+    as it is, not copied.
     """
-    if isinstance(obj, Delayed):
-        deps.setdefault(obj.key, obj.node)
-        return Ref(obj.key, obj.index)
+    if isinstance(obj, leaf_type):
+        return replace(obj)
     kind = type(obj)
     if kind is list or kind is tuple:
-        items = [_replace_delayed(item, deps) for item in obj]
+        items = [map_nested(item, leaf_type, replace) for item in obj]
         if all(new is old for new, old in zip(items, obj, strict=True)):
             return obj
         return items if kind is list else tuple(items)
     if kind is dict:
-        values = {k: _replace_delayed(v, deps) for k, v in obj.items()}
+        values = {k: map_nested(v, leaf_type, replace) for k, v in obj.items()}
         if all(values[k] is v for k, v in obj.items()):
             return obj
         return values
     return obj
+
+
+def _replace_delayed(obj: Any, deps: dict[str, TaskNode]) -> Any:
+    """Copy ``obj`` with each Delayed replaced by a Ref, recording the nodes it refers to."""
+
+    def to_ref(delayed: Delayed) -> Ref:
+        deps.setdefault(delayed.key, delayed.node)
+        return Ref(delayed.key, delayed.index)
+
+    return map_nested(obj, Delayed, to_ref)
 
 
 def _function_name(func: Any) -> str:

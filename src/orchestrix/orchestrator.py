@@ -20,7 +20,7 @@ from .backends import create_backend
 from .config import Config, load_config_file, parse_config
 from .engine import Engine
 from .errors import ConfigError
-from .graph import Delayed, TaskFunction, find_delayed
+from .graph import Delayed, TaskFunction, find_delayed, map_nested
 
 __all__ = ["Orchestrator"]
 
@@ -209,12 +209,4 @@ def _in_order(
 
 def _substitute(structure: Any, values: Iterator[Any]) -> Any:
     """Rebuild ``structure`` with its Delayed leaves replaced, in :func:`find_delayed` order."""
-    if isinstance(structure, Delayed):
-        return next(values)
-    kind = type(structure)
-    if kind is list or kind is tuple:
-        items = [_substitute(item, values) for item in structure]
-        return items if kind is list else tuple(items)
-    if kind is dict:
-        return {key: _substitute(value, values) for key, value in structure.items()}
-    return structure
+    return map_nested(structure, Delayed, lambda _: next(values))
