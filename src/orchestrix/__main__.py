@@ -1,14 +1,15 @@
-"""Command line: ``python -m orchestrix demo`` (more commands arrive with later features)."""
+"""Command line: ``python -m orchestrix demo`` and ``python -m orchestrix plan``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from .config import DEFAULT_MODE, MODES
-from .errors import OrchestrixError
+from .errors import ConfigError, OrchestrixError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -20,9 +21,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--tile", type=int, default=256, help="tile side in pixels")
     demo.add_argument("--nb-workers", help="worker count (int or 'auto'; not for sequential)")
     demo.add_argument("--out-dir", help="where the run writes its files")
+    plan = commands.add_parser("plan", help="print the resolved config and why (pool sizing)")
+    plan.add_argument("--mode", choices=MODES, help="default: the file's mode, else auto")
+    plan.add_argument("--nb-workers", help="worker count (int or 'auto')")
+    plan.add_argument("--max-ram-per-worker", type=_number, help="memory limit of a worker (MB)")
+    plan.add_argument("--config", help="a JSON or YAML config file (flags override it)")
     args = parser.parse_args(argv)
     try:
-        return _demo(args)
+        return _plan(args) if args.command == "plan" else _demo(args)
     except OrchestrixError as exc:
         print(f"orchestrix: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
@@ -40,6 +46,43 @@ def _demo(args: argparse.Namespace) -> int:
         options["out_dir"] = args.out_dir
     summary = run_demo(args.size, args.tile, **options)
     print(format_summary(summary, args.size, args.tile))
+    return 0
+
+
+def _number(text: str) -> int | float:
+    value = float(text)  # argparse reports a ValueError as an invalid value
+    return int(value) if value.is_integer() else value
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from .config import load_config_file, parse_config
+    from .sizing import describe_facts, read_machine_facts, resolve_pool_config, usable_cpus
+
+    options: dict[str, Any] = {}
+    if args.config is not None:
+        import yaml  # load_config_file's YAML parser: its errors are reported in one line too
+
+        try:
+            options = load_config_file(args.config)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            reason = " ".join(str(exc).split())
+            raise ConfigError(f"cannot read config file {args.config}: {reason}") from None
+    if args.mode is not None or "mode" not in options:
+        options["mode"] = args.mode or "auto"
+    if args.nb_workers is not None:
+        options["nb_workers"] = (
+            int(args.nb_workers) if args.nb_workers.isdigit() else args.nb_workers
+        )
+    if args.max_ram_per_worker is not None:
+        options["max_ram_per_worker"] = args.max_ram_per_worker
+    config = parse_config(options)
+    facts = read_machine_facts()
+    resolved, reasons = resolve_pool_config(config, facts)
+    print(f"# machine: {describe_facts(facts)}")
+    print(f"# usable: {usable_cpus(facts)[1]}")
+    for key, value in resolved.to_dict().items():
+        line = f"{key} = {json.dumps(value)}"
+        print(f"{line}  # {reasons[key]}" if key in reasons else line)
     return 0
 
 

@@ -8,8 +8,8 @@ reads it has been given it.
 
 from __future__ import annotations
 
-import itertools
 import logging
+import queue
 from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -31,7 +31,6 @@ class Engine:
     def __init__(self, backend: Backend, factorize_tasks: bool = True) -> None:
         self.backend = backend
         self.factorize_tasks = factorize_tasks
-        self._run_ids = itertools.count()
 
     def plan(self, targets: Sequence[Delayed]) -> list[WorkUnit]:
         """The units that running ``targets`` would hand to the backend, in topological order."""
@@ -49,12 +48,11 @@ class Engine:
         run = _Run(self.plan(targets), targets)
         if not run.units:
             return
-        run_id = next(self._run_ids)
-        logger.debug("run %d: %d targets, %d units", run_id, len(targets), len(run.units))
+        logger.debug("run: %d targets, %d units", len(targets), len(run.units))
         try:
-            yield from run.drive(self.backend, run_id)
+            yield from run.drive(self.backend)
         finally:
-            self.backend.cancel(run_id)
+            self.backend.cancel(list(run.in_flight.values()))
 
 
 class _Run:
@@ -73,24 +71,26 @@ class _Run:
             self.targets_at.setdefault(target.key, []).append((position, target.index))
         self.values: dict[str, Any] = {}
         self.ready = deque(unit for unit in units if not unit.deps)
+        self.in_flight: dict[str, int] = {}  # unit key -> backend job id
+        self.outcomes: queue.SimpleQueue[UnitOutcome] = queue.SimpleQueue()
 
-    def drive(self, backend: Backend, run_id: int) -> Iterator[tuple[int, Any]]:
+    def drive(self, backend: Backend) -> Iterator[tuple[int, Any]]:
         left = len(self.units)
-        in_flight = 0
         while left:
-            while self.ready and in_flight < backend.capacity:
+            capacity = backend.capacity()
+            while self.ready and len(self.in_flight) < capacity:
                 unit = self.ready.popleft()
-                backend.submit(run_id, unit, self._take_inputs(unit))
-                in_flight += 1
-            outcomes = backend.wait(run_id)
-            if not outcomes and not in_flight:
+                inputs = self._take_inputs(unit)
+                # The sink may fire (in another thread) before submit returns: it only queues.
+                self.in_flight[unit.key] = backend.submit(unit, inputs, self.outcomes.put)
+            if not self.in_flight and self.outcomes.empty():
                 raise RuntimeError("orchestrix engine: no unit ready and none running (a bug)")
-            for outcome in outcomes:
-                in_flight -= 1
-                left -= 1
-                if outcome.failure is not None:
-                    raise self._target_error(outcome)
-                yield from self._finish(outcome)
+            outcome = self.outcomes.get()  # blocks; interruptible by Ctrl-C
+            self.in_flight.pop(outcome.unit.key, None)
+            left -= 1
+            if outcome.failure is not None:
+                raise self._target_error(outcome)
+            yield from self._finish(outcome, backend)
 
     def _take_inputs(self, unit: WorkUnit) -> dict[str, Any]:
         inputs = {dep: self.values[dep] for dep in unit.deps}
@@ -100,7 +100,7 @@ class _Run:
                 del self.values[dep]  # every reader has it now
         return inputs
 
-    def _finish(self, outcome: UnitOutcome) -> Iterator[tuple[int, Any]]:
+    def _finish(self, outcome: UnitOutcome, backend: Backend) -> Iterator[tuple[int, Any]]:
         key = outcome.unit.key
         if self.unread[key]:
             self.values[key] = outcome.value
@@ -111,12 +111,13 @@ class _Run:
                 newly_ready.append(self.units[reader])
         self.ready.extendleft(reversed(newly_ready))  # depth first, in graph order
         for position, index in self.targets_at.get(key, ()):
-            yield position, outcome.value if index is None else outcome.value[index]
+            value = outcome.value if index is None else outcome.value[index]
+            yield position, backend.materialize(value)
 
     def _target_error(self, outcome: UnitOutcome) -> TaskError:
         """The error to raise: the first target (in input order) that the failure reaches."""
         assert outcome.failure is not None
-        cause = _task_error(outcome.failure)
+        cause = outcome.failure.error or _task_error(outcome.failure)
         downstream = self._downstream(outcome.unit.key)
         hit = min(
             (position, key) for key in downstream for position, _ in self.targets_at.get(key, ())
@@ -145,6 +146,11 @@ class _Run:
                     seen.add(reader)
                     order.append(reader)
         return order
+
+
+def task_error(failure: TaskFailure) -> TaskError:
+    """The error that reports ``failure`` to the caller."""
+    return failure.error or _task_error(failure)
 
 
 def _task_error(failure: TaskFailure) -> TaskError:

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import TaskError
 from .factorize import WorkUnit
 from .graph import Ref, TaskNode, map_nested
 
@@ -21,6 +22,7 @@ class TaskFailure:
     name: str
     exception: BaseException
     traceback_text: str | None = None
+    error: TaskError | None = None  # set when the backend already knows the error to report
 
 
 @dataclass

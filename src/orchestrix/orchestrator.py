@@ -7,6 +7,9 @@ the engine. Cleanup runs at ``close()``, at the end of a ``with`` block, and at 
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
+import itertools
 import json
 import os
 import threading
@@ -18,14 +21,17 @@ from typing import Any
 
 from .backends import create_backend
 from .config import Config, load_config_file, parse_config
-from .engine import Engine
+from .engine import Engine, task_error
 from .errors import ConfigError
-from .graph import Delayed, TaskFunction, find_delayed, map_nested
+from .execute import UnitOutcome
+from .factorize import WorkUnit
+from .graph import Delayed, TaskFunction, TaskNode, find_delayed, map_nested
 
 __all__ = ["Orchestrator"]
 
 CONFIG_FILE_NAME = "used_orchestrator.json"
 _NOT_YET = {"cprofile", "memray"}
+_CALL_IDS = itertools.count()
 
 
 class Orchestrator(Executor):
@@ -77,19 +83,11 @@ class Orchestrator(Executor):
     # -- concurrent.futures.Executor ---------------------------------------------------------
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        """Run ``fn(*args, **kwargs)`` as a task (arguments may hold Delayed); return a Future."""
-        delayed = _as_task(fn)(*args, **kwargs)
-        future: Future[Any] = Future()
-        self._check_open()
-        future.set_running_or_notify_cancel()
-        try:
-            for _, value in self._run([delayed]):
-                future.set_result(value)
-        except BaseException as exc:
-            future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-        return future
+        """Run ``fn(*args, **kwargs)`` in a worker; return a ``concurrent.futures.Future``.
+
+        Delayed objects among the arguments are computed first (this call then waits for them).
+        """
+        return self._submit_call(fn, args, kwargs)[0]
 
     def map(
         self,
@@ -100,17 +98,22 @@ class Orchestrator(Executor):
     ) -> Iterator[Any]:
         """Like ``Executor.map``: ``fn`` over the items, results in input order.
 
-        ``chunksize=n`` hands n items to one task, so a long list of small items (or of files)
-        costs n times fewer tasks.
+        Every call is submitted at once. ``chunksize=n`` hands n items to one task, so a long
+        list of small items (or of files) costs n times fewer tasks.
         """
         if not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError(f"chunksize must be an int >= 1, got {chunksize!r}")
         self._check_open()
         deadline = None if timeout is None else time.monotonic() + timeout
         calls = list(zip(*iterables))  # noqa: B905 - shortest iterable wins, as in Executor.map
-        chunk_task = TaskFunction(_call_chunk, name=f"map-{_name_of(fn)}")
-        chunks = [chunk_task(fn, calls[i : i + chunksize]) for i in range(0, len(calls), chunksize)]
-        return _in_order(self._run(chunks), len(chunks), deadline)
+        if chunksize == 1:
+            jobs = [self._submit_call(fn, call, {}) for call in calls]
+        else:
+            jobs = [
+                self._submit_call(_call_chunk, (fn, calls[i : i + chunksize]), {}, _chunk_name(fn))
+                for i in range(0, len(calls), chunksize)
+            ]
+        return self._results_in_order(jobs, deadline, chunked=chunksize > 1)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Release the backend; the same as :meth:`close`."""
@@ -133,6 +136,50 @@ class Orchestrator(Executor):
         return f"<Orchestrator mode={self.config.mode!r} {state}>"
 
     # -- internals ---------------------------------------------------------------------------
+
+    def _submit_call(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        name: str | None = None,
+    ) -> tuple[Future[Any], int]:
+        self._check_open()
+        if find_delayed((args, kwargs)):
+            args, kwargs = self.compute((args, kwargs))
+        if isinstance(fn, TaskFunction):  # a task submitted directly runs its function
+            name, fn = name or fn.name, fn.func
+        future: Future[Any] = Future()
+        future.set_running_or_notify_cancel()
+        node = TaskNode(fn, name or _name_of(fn), args, kwargs, 1, f"call{next(_CALL_IDS)}")
+        unit = WorkUnit((node,), ())
+        job = self._backend.submit(unit, {}, functools.partial(self._settle, future))
+        return future, job
+
+    def _settle(self, future: Future[Any], outcome: UnitOutcome) -> None:
+        if outcome.failure is not None:
+            future.set_exception(task_error(outcome.failure))
+        else:
+            future.set_result(self._backend.materialize(outcome.value))
+
+    def _results_in_order(
+        self, jobs: list[tuple[Future[Any], int]], deadline: float | None, chunked: bool
+    ) -> Iterator[Any]:
+        try:
+            for future, _ in jobs:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    value = future.result(remaining)
+                except concurrent.futures.TimeoutError:
+                    raise TimeoutError("map: a result did not arrive before the timeout") from None
+                if chunked:
+                    yield from value
+                else:
+                    yield value
+        finally:
+            unfinished = [job for future, job in jobs if not future.done()]
+            if unfinished and not self._closed:
+                self._backend.cancel(unfinished)  # the caller stopped early: drop the rest
 
     def _run(self, targets: list[Delayed]) -> Iterator[tuple[int, Any]]:
         self._check_open()
@@ -164,20 +211,8 @@ def _write_used_config(config: Config) -> None:
     os.replace(temporary, path)  # atomic: a reader never sees half a file
 
 
-_TASKS_OF_FUNCTIONS: weakref.WeakKeyDictionary[Any, TaskFunction] = weakref.WeakKeyDictionary()
-
-
-def _as_task(fn: Callable[..., Any]) -> TaskFunction:
-    """The task that wraps ``fn``, made once per function (submit is called in tight loops)."""
-    if isinstance(fn, TaskFunction):
-        return fn
-    try:
-        wrapped = _TASKS_OF_FUNCTIONS.get(fn)
-    except TypeError:  # not weakly referenceable (builtins): wrap it each time
-        return TaskFunction(fn)
-    if wrapped is None:
-        wrapped = _TASKS_OF_FUNCTIONS[fn] = TaskFunction(fn)
-    return wrapped
+def _chunk_name(fn: Any) -> str:
+    return f"{_name_of(fn)}[chunk]"
 
 
 def _call_chunk(fn: Callable[..., Any], calls: list[tuple[Any, ...]]) -> list[Any]:
@@ -186,25 +221,6 @@ def _call_chunk(fn: Callable[..., Any], calls: list[tuple[Any, ...]]) -> list[An
 
 def _name_of(fn: Any) -> str:
     return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
-
-
-def _in_order(
-    results: Iterator[tuple[int, list[Any]]], total: int, deadline: float | None
-) -> Iterator[Any]:
-    """Yield the items of chunk results in chunk order, holding early chunks until their turn."""
-    waiting: dict[int, list[Any]] = {}
-    next_chunk = 0
-    try:
-        while next_chunk < total:
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError("map: results did not arrive before the timeout")
-            position, chunk = next(results)
-            waiting[position] = chunk
-            while next_chunk in waiting:
-                yield from waiting.pop(next_chunk)
-                next_chunk += 1
-    finally:
-        results.close()  # type: ignore[attr-defined]  # stops the run if the caller stops early
 
 
 def _substitute(structure: Any, values: Iterator[Any]) -> Any:

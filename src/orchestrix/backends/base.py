@@ -1,48 +1,53 @@
 """The contract between the engine and a backend.
 
 The engine owns the graph and decides what is ready and in which order; a backend only runs the
-units it is handed and reports what finished. Runs are identified by an integer so that several
-runs (a ``compute`` inside a loop over ``as_completed``, or calls from two threads) can share one
-backend without receiving each other's results.
+units it is handed and reports each outcome to the ``sink`` given with the unit, from whatever
+thread it likes. Several runs (a ``compute`` inside a loop over ``as_completed``, futures from
+``submit``, calls from two threads) can share one backend: each unit carries its own sink.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ..execute import UnitOutcome
 from ..factorize import WorkUnit
 
-__all__ = ["Backend"]
+__all__ = ["Backend", "Sink"]
+
+#: receives the outcome of one unit; may be called from a backend thread
+Sink = Callable[[UnitOutcome], None]
 
 
 class Backend(ABC):
     """Runs units of work. One module per backend under ``orchestrix.backends``."""
 
-    #: how many units the engine may hand over before it must wait for one to finish
-    capacity: int = 1
-
     def __init__(self, config: Any) -> None:
         self.config = config
+
+    def capacity(self) -> int:
+        """How many units the engine may hand over before it waits for an outcome."""
+        return 1
 
     @abstractmethod
     def start(self) -> None:
         """Acquire resources (processes, clusters). Called once, before the first submit."""
 
     @abstractmethod
-    def submit(self, run_id: int, unit: WorkUnit, inputs: Mapping[str, Any]) -> None:
-        """Start ``unit`` (all of its inputs are given); its outcome comes from ``wait``."""
+    def submit(self, unit: WorkUnit, inputs: Mapping[str, Any], sink: Sink) -> int:
+        """Run ``unit`` (all its inputs are given); call ``sink`` with its outcome. Returns a job
+        id for :meth:`cancel`."""
 
     @abstractmethod
-    def wait(self, run_id: int, timeout: float | None = None) -> list[UnitOutcome]:
-        """Block until at least one unit of ``run_id`` finished (or ``timeout``), return them."""
-
-    @abstractmethod
-    def cancel(self, run_id: int) -> None:
-        """Forget the run: drop its unstarted units and discard outcomes that arrive later."""
+    def cancel(self, job_ids: Iterable[int]) -> None:
+        """Drop these jobs if not started; outcomes of started ones are not reported."""
 
     @abstractmethod
     def close(self) -> None:
         """Release every resource. Idempotent; also safe if ``start`` was never called."""
+
+    def materialize(self, value: Any) -> Any:
+        """Turn an outcome's value into what the caller receives (e.g. open memory maps)."""
+        return value
