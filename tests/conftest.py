@@ -1,23 +1,36 @@
-"""Shared fixtures: every contract test runs on every backend that exists."""
+"""Shared fixtures: every contract test runs on every backend that exists (and every start method
+of the multiprocessing backend), and no test may leave a process behind."""
 
 from __future__ import annotations
 
+import multiprocessing
+
+import psutil
 import pytest
 
 import orchestrix as ox
 from orchestrix.backends import AVAILABLE
 
-BACKEND_MODES = sorted(AVAILABLE)
+BACKENDS: dict[str, dict] = {"sequential": {"mode": "sequential"}}
+if "multiprocessing" in AVAILABLE:
+    for method in ("forkserver", "fork", "spawn"):
+        if method in multiprocessing.get_all_start_methods():
+            BACKENDS[f"mp-{method}"] = {
+                "mode": "multiprocessing",
+                "nb_workers": 2,
+                "mp_mode": method,
+            }
 
 
-@pytest.fixture(params=BACKEND_MODES)
-def mode(request: pytest.FixtureRequest) -> str:
-    return request.param
+@pytest.fixture(params=list(BACKENDS))
+def options(request: pytest.FixtureRequest) -> dict:
+    """Orchestrator options of one backend."""
+    return dict(BACKENDS[request.param])
 
 
 @pytest.fixture
-def orch(mode: str):
-    with ox.Orchestrator(mode=mode) as orchestrator:
+def orch(options: dict):
+    with ox.Orchestrator(**options) as orchestrator:
         yield orchestrator
 
 
@@ -26,3 +39,28 @@ def oracle():
     """The sequential orchestrator: what every backend must reproduce."""
     with ox.Orchestrator(mode="sequential") as orchestrator:
         yield orchestrator
+
+
+def _children() -> list[psutil.Process]:
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE or "resource_tracker" not in " ".join(
+                child.cmdline()
+            ):
+                found.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_processes():
+    """Every worker (and the forkserver orchestrix started) is gone after each test."""
+    before = {p.pid for p in _children()}
+    yield
+    leaked = [p for p in _children() if p.pid not in before]
+    if leaked:
+        _, alive = psutil.wait_procs(leaked, timeout=3)
+        leaked = [p for p in alive if p.is_running()]
+    assert not leaked, f"processes left behind: {[(p.pid, p.name()) for p in leaked]}"

@@ -21,7 +21,8 @@ def test_every_mode_has_a_frozen_config_class():
 def test_cars_defaults():
     mp = parse_config(mode="multiprocessing")
     assert (mp.mp_mode, mp.nb_workers, mp.max_ram_per_worker) == ("forkserver", "auto", 2000)
-    assert (mp.max_tasks_per_worker, mp.dump_to_disk, mp.per_job_timeout) == (10, True, 600)
+    # CARS recycles workers every 10 tasks; orchestrix only when asked (it caps throughput).
+    assert (mp.max_tasks_per_worker, mp.dump_to_disk, mp.per_job_timeout) == (None, True, 600)
     assert (mp.factorize_tasks, mp.task_timeout) == (True, 600)
     dask = parse_config(mode="local_dask")
     assert (dask.nb_workers, dask.use_memory_logger, dask.activate_dashboard) == (2, False, False)
@@ -95,7 +96,7 @@ def test_to_dict_round_trips():
 
 def test_unbuilt_mode_is_refused_with_a_clear_error():
     with pytest.raises(ox.ConfigError, match="not built"):
-        ox.Orchestrator(mode="multiprocessing", nb_workers=2)
+        ox.Orchestrator(mode="local_dask", nb_workers=2)
 
 
 def test_unimplemented_profiling_is_refused():

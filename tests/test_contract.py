@@ -18,6 +18,9 @@ from tasks import (
     inc,
     make_array,
     raise_on,
+    record,
+    record_impure,
+    recorded,
     scale,
     square,
     three,
@@ -120,17 +123,17 @@ def test_raising_task_names_task_and_keeps_cause(orch):
     assert str(error.__cause__) == "no luck"
 
 
-def test_dependents_of_failed_task_do_not_run(orch):
-    ran = []
-    downstream = ox.task(lambda x: ran.append(x) or x, name="downstream")(fail("upstream broke"))
+def test_dependents_of_failed_task_do_not_run(orch, tmp_path):
+    log = tmp_path / "ran"
+    downstream = record(str(log), fail("upstream broke"))
     with pytest.raises(ox.UpstreamTaskError) as info:
         orch.compute(downstream)
     error = info.value
-    assert error.name == "downstream" and error.upstream_name == "fail"
+    assert error.name == "record" and error.upstream_name == "fail"
     assert "fail" in str(error) and "upstream broke" in str(error)
     assert isinstance(error.__cause__, ox.TaskError)
     assert isinstance(error.__cause__.__cause__, ValueError)
-    assert ran == []
+    assert recorded(log) == []
 
 
 def test_failure_is_reported_for_the_failed_target_itself(orch):
@@ -141,42 +144,24 @@ def test_failure_is_reported_for_the_failed_target_itself(orch):
     assert not isinstance(info.value, ox.UpstreamTaskError)
 
 
-def test_shared_nodes_run_once(orch):
-    calls = []
-
-    @ox.task
-    def counted(x):
-        calls.append(x)
-        return x * 10
-
-    shared = counted(4)
+def test_shared_nodes_run_once(orch, tmp_path):
+    log = str(tmp_path / "ran")
+    shared = record(log, 4)
     graph = [add(shared, 1), add(shared, 2), shared]
-    assert orch.compute(graph) == [41, 42, 40]
-    assert calls == [4]
+    assert orch.compute(graph) == [5, 6, 4]
+    assert recorded(log) == ["4"]
 
 
-def test_same_call_twice_is_one_node(orch):
-    calls = []
-
-    @ox.task
-    def counted(x):
-        calls.append(x)
-        return x
-
-    assert orch.compute([counted(3), counted(3)]) == [3, 3]
-    assert calls == [3]
+def test_same_call_twice_is_one_node(orch, tmp_path):
+    log = str(tmp_path / "ran")
+    assert orch.compute([record(log, 3), record(log, 3)]) == [3, 3]
+    assert recorded(log) == ["3"]
 
 
-def test_impure_tasks_are_not_merged(orch):
-    calls = []
-
-    @ox.task(pure=False)
-    def counted(x):
-        calls.append(x)
-        return x
-
-    assert orch.compute([counted(3), counted(3)]) == [3, 3]
-    assert calls == [3, 3]
+def test_impure_tasks_are_not_merged(orch, tmp_path):
+    log = str(tmp_path / "ran")
+    assert orch.compute([record_impure(log, 3), record_impure(log, 3)]) == [3, 3]
+    assert recorded(log) == ["3", "3"]
 
 
 def test_as_completed_yields_every_index_once(orch, oracle):
@@ -243,12 +228,12 @@ def test_executor_map_rejects_bad_chunksize(orch):
         orch.map(square, [1], chunksize=0)
 
 
-def test_results_match_across_factorization(mode):
+def test_results_match_across_factorization(options):
     top = inc(1)
     graph = [add(inc(inc(top)), ident(top)), three(inc(2))[1]]
     results = []
     for factorize in (True, False):
-        with ox.Orchestrator(mode=mode, factorize_tasks=factorize) as orchestrator:
+        with ox.Orchestrator(**options, factorize_tasks=factorize) as orchestrator:
             results.append(orchestrator.compute(graph))
     assert results[0] == results[1] == [6, 6]
 

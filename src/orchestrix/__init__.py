@@ -21,8 +21,12 @@ from .errors import (
     ConfigError,
     OrchestrixError,
     RemoteTraceback,
+    StallError,
     TaskError,
+    TaskTimeoutError,
     UpstreamTaskError,
+    WorkerCrashedError,
+    WorkerMemoryError,
 )
 from .graph import Delayed, TaskFunction, task
 from .orchestrator import Orchestrator
@@ -44,9 +48,13 @@ __all__ = [
     "RemoteTraceback",
     "SequentialConfig",
     "SlurmDaskConfig",
+    "StallError",
     "TaskError",
+    "TaskTimeoutError",
     "TaskFunction",
     "UpstreamTaskError",
+    "WorkerCrashedError",
+    "WorkerMemoryError",
     "task",
     "tokenize",
     "__version__",

@@ -35,8 +35,8 @@ __all__ = [
 ]
 
 MODES = ("sequential", "multiprocessing", "auto", "local_dask", "pbs_dask", "slurm_dask")
-# The mode used when none is given. It becomes "auto" once the auto backend exists.
-DEFAULT_MODE = "sequential"
+#: the mode used when none is given
+DEFAULT_MODE = "auto"
 PROFILING_MODES = ("timing", "cprofile", "memray")
 MP_MODES = ("forkserver", "fork", "spawn")
 
@@ -133,7 +133,7 @@ def _profiling(value: Any) -> bool:
 class Config:
     """Keys common to every mode."""
 
-    mode: str = "sequential"
+    mode: str = DEFAULT_MODE
     out_dir: str | None = _key(
         None, "a directory path (str) or None", _optional(_is_str), "where logs and reports go"
     )
@@ -207,8 +207,17 @@ class MultiprocessingConfig(_WorkerPoolConfig):
     mp_mode: str = _key(
         "forkserver", f"one of {', '.join(MP_MODES)}", _one_of(*MP_MODES), "how workers start"
     )
-    max_tasks_per_worker: int = _key(
-        10, "a positive int", _positive_int, "a worker is replaced after this many tasks"
+    max_tasks_per_worker: int | None = _key(
+        None,
+        "a positive int or None",
+        _optional(_positive_int),
+        "a worker is replaced after this many tasks (None: never)",
+    )
+    dump_dir: str | None = _key(
+        None,
+        "a directory path (str) or None",
+        _optional(_is_str),
+        "where result arrays are dumped (None: /dev/shm if it has room, else out_dir or tmp)",
     )
     MODE: ClassVar[str] = "multiprocessing"
 

@@ -48,6 +48,49 @@ class UpstreamTaskError(TaskError):
         return (type(self), args)
 
 
+class WorkerCrashedError(TaskError):
+    """The worker process running the task died (crash, signal). ``exitcode`` is its exit code,
+    or minus the signal number, as in ``multiprocessing``."""
+
+    def __init__(self, key: str, name: str, message: str, exitcode: int | None = None) -> None:
+        super().__init__(key, name, message)
+        self.exitcode = exitcode
+
+    def __reduce__(self):
+        return (type(self), (self.key, self.name, str(self), self.exitcode))
+
+
+class TaskTimeoutError(TaskError):
+    """The task ran longer than ``per_job_timeout`` (``limit``, seconds); its worker was killed."""
+
+    def __init__(self, key: str, name: str, message: str, limit: float = 0.0) -> None:
+        super().__init__(key, name, message)
+        self.limit = limit
+
+    def __reduce__(self):
+        return (type(self), (self.key, self.name, str(self), self.limit))
+
+
+class WorkerMemoryError(TaskError):
+    """The worker running the task went over ``max_ram_per_worker``; it was killed.
+
+    ``peak_rss_mb`` is the memory seen last, ``limit_mb`` the limit (both in MB)."""
+
+    def __init__(
+        self, key: str, name: str, message: str, peak_rss_mb: float = 0.0, limit_mb: float = 0.0
+    ) -> None:
+        super().__init__(key, name, message)
+        self.peak_rss_mb = peak_rss_mb
+        self.limit_mb = limit_mb
+
+    def __reduce__(self):
+        return (type(self), (self.key, self.name, str(self), self.peak_rss_mb, self.limit_mb))
+
+
+class StallError(TaskError):
+    """No task finished for ``task_timeout`` seconds, twice: the run is stopped."""
+
+
 class RemoteTraceback(Exception):
     """The formatted traceback of an exception raised in another process."""
 

@@ -53,6 +53,26 @@ class TaskNode:
     def __repr__(self) -> str:
         return f"<TaskNode {self.key}>"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A node travels without its deps: they would drag the whole upstream graph along.
+        state = (self.func, self.name, self.args, self.kwargs, self.nout, self.key, self.has_refs)
+        return (_rebuild_node, state)
+
+
+def _rebuild_node(
+    func: Callable[..., Any],
+    name: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    nout: int,
+    key: str,
+    has_refs: bool,
+) -> TaskNode:
+    node = TaskNode.__new__(TaskNode)
+    node.func, node.name, node.args, node.kwargs = func, name, args, kwargs
+    node.nout, node.key, node.has_refs, node.deps = nout, key, has_refs, ()
+    return node
+
 
 class Delayed:
     """A handle to a task's output, to pass to other tasks or to ``Orchestrator.compute``."""

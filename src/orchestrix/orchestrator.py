@@ -19,13 +19,14 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Executor, Future
 from typing import Any
 
-from .backends import create_backend
+from .backends import create_backend, create_backend_class
 from .config import Config, load_config_file, parse_config
 from .engine import Engine, task_error
 from .errors import ConfigError
 from .execute import UnitOutcome
 from .factorize import WorkUnit
 from .graph import Delayed, TaskFunction, TaskNode, find_delayed, map_nested
+from .sizing import resolve_pool_config
 
 __all__ = ["Orchestrator"]
 
@@ -42,12 +43,16 @@ class Orchestrator(Executor):
     """
 
     def __init__(self, config: Mapping[str, Any] | Config | None = None, /, **options: Any) -> None:
-        self.config: Config = parse_config(config, **options)
-        _refuse_unbuilt_features(self.config)
+        parsed = parse_config(config, **options)
+        _refuse_unbuilt_features(parsed)
+        create_backend_class(parsed)  # an unbuilt mode is refused before the machine is sized
+        self.config: Config
+        self.config, self.sizing_reasons = resolve_pool_config(parsed)
         self._backend = create_backend(self.config)
         self._engine = Engine(self._backend, self.config.factorize_tasks)
         self._closed = False
         self._lock = threading.Lock()
+        self._futures: dict[Future[Any], int] = {}  # submitted calls not finished -> job id
         if self.config.out_dir is not None:
             _write_used_config(self.config)
         self._backend.start()
@@ -116,8 +121,22 @@ class Orchestrator(Executor):
         return self._results_in_order(jobs, deadline, chunked=chunksize > 1)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Release the backend; the same as :meth:`close`."""
+        """Wait for submitted calls to finish (unless ``wait=False`` or ``cancel_futures``), then
+        :meth:`close`. Calls not finished by then fail with a TaskError."""
+        with self._lock:
+            unfinished = list(self._futures)
+        if cancel_futures:
+            self._cancel_futures(unfinished)
+        elif wait:
+            concurrent.futures.wait(unfinished)
         self.close()
+
+    def __exit__(self, exc_type: Any, exc: Any, traceback: Any) -> None:
+        # On an exception (Ctrl-C included) do not wait for submitted calls: stop now.
+        if exc_type is None:
+            self.shutdown(wait=True)
+        else:
+            self.close()
 
     def close(self) -> None:
         """Stop the backend and release its resources. Idempotent."""
@@ -150,13 +169,30 @@ class Orchestrator(Executor):
         if isinstance(fn, TaskFunction):  # a task submitted directly runs its function
             name, fn = name or fn.name, fn.func
         future: Future[Any] = Future()
-        future.set_running_or_notify_cancel()
         node = TaskNode(fn, name or _name_of(fn), args, kwargs, 1, f"call{next(_CALL_IDS)}")
         unit = WorkUnit((node,), ())
         job = self._backend.submit(unit, {}, functools.partial(self._settle, future))
+        with self._lock:
+            self._futures[future] = job
+        future.add_done_callback(self._forget_future)
         return future, job
 
+    def _forget_future(self, future: Future[Any]) -> None:
+        with self._lock:
+            self._futures.pop(future, None)
+
+    def _cancel_futures(self, futures: Iterable[Future[Any]]) -> None:
+        """Cancel calls that have not finished; their futures end as cancelled."""
+        with self._lock:
+            jobs = [self._futures[f] for f in futures if f in self._futures]
+        self._backend.cancel(jobs)
+        for future in futures:
+            future.cancel()
+
     def _settle(self, future: Future[Any], outcome: UnitOutcome) -> None:
+        # The future stays pending (cancellable) until its outcome is known.
+        if not future.set_running_or_notify_cancel():
+            return  # cancelled meanwhile
         if outcome.failure is not None:
             future.set_exception(task_error(outcome.failure))
         else:
@@ -177,9 +213,9 @@ class Orchestrator(Executor):
                 else:
                     yield value
         finally:
-            unfinished = [job for future, job in jobs if not future.done()]
+            unfinished = [future for future, _ in jobs if not future.done()]
             if unfinished and not self._closed:
-                self._backend.cancel(unfinished)  # the caller stopped early: drop the rest
+                self._cancel_futures(unfinished)  # the caller stopped early: drop the rest
 
     def _run(self, targets: list[Delayed]) -> Iterator[tuple[int, Any]]:
         self._check_open()

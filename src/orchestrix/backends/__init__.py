@@ -13,11 +13,19 @@ __all__ = ["Backend", "AVAILABLE", "create_backend"]
 #: mode -> "module:class" of the backend that runs it; modes absent here are not built yet
 AVAILABLE: dict[str, str] = {
     "sequential": "orchestrix.backends.sequential:SequentialBackend",
+    "multiprocessing": "orchestrix.backends.multiprocessing:MultiprocessingBackend",
+    "auto": "orchestrix.backends.multiprocessing:MultiprocessingBackend",
 }
 
 
 def create_backend(config: Any) -> Backend:
     """The backend for ``config.mode``, imported on demand (dask stays unimported otherwise)."""
+    backend: Backend = create_backend_class(config)(config)
+    return backend
+
+
+def create_backend_class(config: Any) -> type[Backend]:
+    """The backend class of ``config.mode``; ConfigError if that mode is not built yet."""
     target = AVAILABLE.get(config.mode)
     if target is None:
         built = ", ".join(sorted(AVAILABLE))
@@ -26,6 +34,5 @@ def create_backend(config: Any) -> Backend:
             f"orchestrix yet; available modes: {built}"
         )
     module_name, class_name = target.split(":")
-    backend_class = getattr(importlib.import_module(module_name), class_name)
-    backend: Backend = backend_class(config)
-    return backend
+    backend_class: type[Backend] = getattr(importlib.import_module(module_name), class_name)
+    return backend_class

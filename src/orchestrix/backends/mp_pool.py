@@ -1,0 +1,221 @@
+"""Worker processes of the ``multiprocessing`` backend: starting, watching, stopping them."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import multiprocessing.forkserver
+import pickle
+import signal
+import sys
+import threading
+import warnings
+from collections import deque
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
+from typing import Any
+
+from ..errors import WorkerCrashedError
+from .mp_worker import STOP, worker_main
+
+__all__ = ["Launcher", "Worker", "crash_error", "stop_all"]
+
+#: seconds a worker gets to exit after SIGTERM before SIGKILL
+TERMINATE_GRACE_SECONDS = 1.0
+
+_forkserver_users = 0  # live pools that rely on a forkserver orchestrix started
+_forkserver_lock = threading.Lock()
+_forkserver_ours = False
+
+
+class Worker:
+    """One worker process and what the manager knows of it."""
+
+    def __init__(self, process: Any, conn: Connection) -> None:
+        self.process = process
+        self.conn = conn
+        self.outstanding: deque[Any] = deque()  # jobs sent, in order; the first one is running
+        self.last_progress = 0.0  # when its running job started, at the latest
+        self.done = 0
+        self.stopping: str | None = None  # why we stop it: retire, timeout, memory, stall
+        self.peak_rss_mb = 0.0
+
+    @property
+    def pid(self) -> int:
+        return int(self.process.pid)
+
+    def send_stop(self) -> None:
+        try:
+            self.conn.send_bytes(pickle.dumps((STOP,)))
+        except OSError:
+            pass  # already gone
+
+    def kill(self, reason: str) -> None:
+        self.stopping = reason
+        try:
+            self.process.kill()
+        except (OSError, ValueError):
+            pass
+
+    def sample_memory_mb(self) -> float:
+        rss = private_rss_mb(self.pid)
+        self.peak_rss_mb = max(self.peak_rss_mb, rss)
+        return rss
+
+    def reap(self) -> None:
+        self.process.join(timeout=TERMINATE_GRACE_SECONDS)
+        self.conn.close()
+
+
+class Launcher:
+    """Starts workers with the configured start method."""
+
+    def __init__(self, mp_mode: str, dump_dir: str | None) -> None:
+        self.method = _usable_start_method(mp_mode)
+        self.context: Any = multiprocessing.get_context(self.method)
+        self.dump_dir = dump_dir
+        self._uses_forkserver = False
+        if self.method == "forkserver":
+            self._uses_forkserver = True
+            _acquire_forkserver(self.context)
+
+    def spawn(self) -> Worker:
+        parent_conn, child_conn = self.context.Pipe(duplex=True)
+        process = self.context.Process(
+            target=worker_main,
+            args=(child_conn, self.dump_dir),
+            name="orchestrix-worker",
+            daemon=True,
+        )
+        with _main_module_hidden():
+            process.start()
+        child_conn.close()
+        return Worker(process, parent_conn)
+
+    def close(self) -> None:
+        if self._uses_forkserver:
+            self._uses_forkserver = False
+            _release_forkserver()
+
+
+@contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """Start a process without making it re-import the caller's ``__main__``.
+
+    With spawn and forkserver, multiprocessing re-runs the main script in every child, which
+    breaks scripts without an ``if __name__ == "__main__"`` guard. Workers do not need it: work
+    defined in ``__main__`` travels by value (cloudpickle). So hide the script from the
+    preparation data while the process starts.
+    """
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    saved_file, saved_spec = main.__dict__.pop("__file__", None), getattr(main, "__spec__", None)
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        main.__spec__ = saved_spec
+        if saved_file is not None:
+            main.__file__ = saved_file
+
+
+def stop_all(workers: list[Worker]) -> None:
+    """Terminate workers, then kill those still alive after the grace period; reap them all."""
+    for worker in workers:
+        if worker.process.is_alive():
+            try:
+                worker.process.terminate()
+            except (OSError, ValueError):
+                pass
+    for worker in workers:
+        worker.process.join(timeout=TERMINATE_GRACE_SECONDS)
+        if worker.process.is_alive():
+            worker.process.kill()
+            worker.process.join(timeout=TERMINATE_GRACE_SECONDS)
+        worker.conn.close()
+
+
+def crash_error(worker: Worker, unit: Any) -> WorkerCrashedError:
+    """The error for a worker that died on its own, naming the exit code or signal."""
+    code = worker.process.exitcode
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        how = f"was killed by {name}"
+        if -code == signal.SIGKILL:
+            how += " (the kernel's out-of-memory killer may have done it: check `dmesg`)"
+        elif -code == signal.SIGSEGV:
+            how += " (a segmentation fault, usually in compiled code)"
+    else:
+        how = f"exited with code {code}"
+    if unit is None:
+        message = f"worker processes exit as soon as they start: worker {worker.pid} {how}"
+        return WorkerCrashedError("", "", message, code)
+    message = (
+        f"the worker process running task {unit.name!r} {how} (pid {worker.pid}, key {unit.key})"
+    )
+    return WorkerCrashedError(unit.key, unit.name, message, code)
+
+
+def private_rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` that it owns (anonymous pages), in MB.
+
+    Pages of memory-mapped inputs (dump files) are shared with the page cache and do not count.
+    """
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as stream:
+            for line in stream:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil
+
+        return float(psutil.Process(pid).memory_info().rss) / 2**20
+    except Exception:  # noqa: BLE001 - the process is gone or unreadable
+        return 0.0
+
+
+def _usable_start_method(mp_mode: str) -> str:
+    available = multiprocessing.get_all_start_methods()
+    if mp_mode in available:
+        return mp_mode
+    warnings.warn(
+        f"mp_mode={mp_mode!r} is not available on {sys.platform}; using 'spawn'",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+    return "spawn"
+
+
+def _acquire_forkserver(context: Any) -> None:
+    """Preload orchestrix (and numpy when the caller uses it) in the forkserver, so that each
+    worker starts as a fork of a warm process; remember whether orchestrix started it."""
+    global _forkserver_users, _forkserver_ours
+    with _forkserver_lock:
+        server: Any = multiprocessing.forkserver._forkserver
+        if _forkserver_users == 0 and server._forkserver_pid is None:
+            preload = ["orchestrix.backends.mp_worker"]
+            if "numpy" in sys.modules:
+                preload.append("numpy")
+            context.set_forkserver_preload(preload)
+            _forkserver_ours = True
+        _forkserver_users += 1
+
+
+def _release_forkserver() -> None:
+    """Stop the forkserver when the last pool that relies on it closes, if orchestrix started it."""
+    global _forkserver_users, _forkserver_ours
+    with _forkserver_lock:
+        _forkserver_users -= 1
+        if _forkserver_users == 0 and _forkserver_ours:
+            server: Any = multiprocessing.forkserver._forkserver
+            stop = getattr(server, "_stop", None)
+            if stop is not None and server._forkserver_pid is not None:
+                stop()
+            _forkserver_ours = False

@@ -1,0 +1,245 @@
+"""Moving work and results between processes: pickling, and numpy arrays through dump files.
+
+Work goes to workers pickled with cloudpickle, except that a task function defined at module level
+goes by reference (module and name), not by value. Results come back with pickle protocol 5, but
+numpy arrays of at least ``DUMP_THRESHOLD`` bytes found in a result (also inside tuples, lists and
+dicts) are written once by the worker to a file in the run's private dump directory and travel as
+that file's path. The parent holds each file through a :class:`DumpedArray` handle: the file is
+deleted when the last handle is gone (every consumer has finished with it); a consumer or the
+caller reads it as a read-only memory map, which stays valid after the file is deleted.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import os
+import pickle
+import re
+import shutil
+import sys
+import tempfile
+import types
+import weakref
+from typing import Any
+
+import cloudpickle  # type: ignore[import-untyped]
+
+from .graph import TaskFunction, map_nested
+
+__all__ = [
+    "DUMP_THRESHOLD",
+    "DumpedArray",
+    "Dumper",
+    "create_dump_dir",
+    "dumps_work",
+    "materialize",
+    "remove_stale_dump_dirs",
+]
+
+#: arrays smaller than this are pickled: a file costs more than copying a few kB
+DUMP_THRESHOLD = 64 * 1024
+_DIR_PREFIX = "orchestrix-dump-"
+_DIR_PATTERN = re.compile(rf"^{_DIR_PREFIX}(\d+)-(\d+)-")
+_SHM = "/dev/shm"
+_SHM_MIN_FREE = 2**30
+
+
+def dumps_work(obj: Any) -> bytes:
+    """Pickle work for a worker: module-level task functions by reference, the rest as cloudpickle
+    does (by reference when importable, by value for lambdas, closures and ``__main__``)."""
+    buffer = io.BytesIO()
+    _WorkPickler(buffer, protocol=5).dump(obj)
+    return buffer.getvalue()
+
+
+class _WorkPickler(cloudpickle.Pickler):
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is types.FunctionType:
+            reference = _task_function_reference(obj)
+            if reference is not None:
+                return reference
+        return super().reducer_override(obj)
+
+
+def _task_function_reference(func: types.FunctionType) -> tuple[Any, ...] | None:
+    """``@ox.task`` replaces a module's function by a TaskFunction, so plain pickle cannot find the
+    function by name; name the TaskFunction instead, and unwrap it on the other side."""
+    module_name = getattr(func, "__module__", None)
+    if not module_name or module_name == "__main__" or "<" in func.__qualname__:
+        return None
+    target: Any = sys.modules.get(module_name)
+    for part in func.__qualname__.split("."):
+        target = getattr(target, part, None)
+    if isinstance(target, TaskFunction) and target.func is func:
+        return (_load_task_function, (module_name, func.__qualname__))
+    return None
+
+
+def _load_task_function(module_name: str, qualname: str) -> Any:
+    target: Any = __import__(module_name, fromlist=["_"])
+    for part in qualname.split("."):
+        target = getattr(target, part)
+    return target.func
+
+
+# -- dump files -------------------------------------------------------------------------------
+
+
+class Dumper:
+    """Worker side: replace large arrays in a result by files written in ``directory``."""
+
+    def __init__(self, directory: str, threshold: int = DUMP_THRESHOLD) -> None:
+        self.directory = directory
+        self.threshold = threshold
+        self._names = itertools.count()
+
+    def dump(self, value: Any) -> Any:
+        numpy = sys.modules.get("numpy")
+        if numpy is None:  # no array can exist in a process that never imported numpy
+            return value
+        return map_nested(value, numpy.ndarray, self._dump_array)
+
+    def _dump_array(self, array: Any) -> Any:
+        if array.nbytes < self.threshold or array.dtype.hasobject:
+            return array
+        numpy = sys.modules["numpy"]
+        path = os.path.join(self.directory, f"{os.getpid()}-{next(self._names)}.npy")
+        with open(path, "wb") as stream:
+            numpy.lib.format.write_array(stream, array, allow_pickle=False)
+        return _DumpedFile(path)
+
+
+class _DumpedFile:
+    """A dumped array on its way from a worker to the parent, where it becomes a handle."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (DumpedArray.adopt, (self.path,))
+
+
+class DumpedArray:
+    """Parent side: owns one dump file; the file is deleted when the handle is collected.
+
+    Pickled to a worker, it becomes a read-only memory map of the file.
+    """
+
+    __slots__ = ("__weakref__", "path")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        weakref.finalize(self, _remove_quietly, path)
+
+    @classmethod
+    def adopt(cls, path: str) -> DumpedArray:
+        return cls(path)
+
+    def open(self) -> Any:
+        import numpy
+
+        return numpy.load(self.path, mmap_mode="r")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_open_dump, (self.path,))
+
+    def __repr__(self) -> str:
+        return f"DumpedArray({self.path!r})"
+
+
+def _open_dump(path: str) -> Any:
+    import numpy
+
+    return numpy.load(path, mmap_mode="r")
+
+
+def materialize(value: Any) -> Any:
+    """Replace the dump handles in a result by read-only memory maps, for the caller."""
+    return map_nested(value, DumpedArray, DumpedArray.open)
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass  # already removed with its directory
+
+
+# -- the dump directory -----------------------------------------------------------------------
+
+
+def create_dump_dir(dump_dir: str | None, out_dir: str | None, needed_bytes: int = 0) -> str:
+    """Create the run's private dump directory (mode 0700) and return its path.
+
+    ``dump_dir`` is where to put it; by default /dev/shm (memory, no disk I/O) when it has room,
+    else ``out_dir``, else the temporary directory. Directories left there by killed runs go first.
+    """
+    base = dump_dir or _default_base(out_dir, needed_bytes)
+    os.makedirs(base, exist_ok=True)
+    remove_stale_dump_dirs(base)
+    prefix = f"{_DIR_PREFIX}{os.getpid()}-{_process_start_ticks(os.getpid())}-"
+    return tempfile.mkdtemp(prefix=prefix, dir=base)  # mkdtemp creates it with mode 0700
+
+
+def _default_base(out_dir: str | None, needed_bytes: int) -> str:
+    try:
+        stats = os.statvfs(_SHM)
+        if os.access(_SHM, os.W_OK) and stats.f_bavail * stats.f_frsize >= max(
+            _SHM_MIN_FREE, needed_bytes
+        ):
+            return _SHM
+    except OSError:
+        pass
+    return out_dir or tempfile.gettempdir()
+
+
+def remove_stale_dump_dirs(base: str) -> list[str]:
+    """Remove dump directories in ``base`` whose creating process no longer exists."""
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _DIR_PATTERN.match(entry.name)
+        if not match or not entry.is_dir(follow_symlinks=False):
+            continue
+        try:
+            if entry.stat(follow_symlinks=False).st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        pid, ticks = int(match.group(1)), int(match.group(2))
+        if not _process_alive(pid, ticks):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.path)
+    return removed
+
+
+def _process_alive(pid: int, ticks: int) -> bool:
+    """Is ``pid`` alive and the same process (same start time), not a reuse of its number?"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return _process_start_ticks(pid) == ticks
+
+
+def _process_start_ticks(pid: int) -> int:
+    """The process's start time in clock ticks since boot (Linux), or 0 where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stream:
+            fields = stream.read().rsplit(")", 1)[1].split()
+        return int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def loads(data: bytes) -> Any:
+    """Unpickle what :func:`dumps_work` or a worker produced."""
+    return pickle.loads(data)
