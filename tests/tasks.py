@@ -107,3 +107,84 @@ def recorded(path):
             return stream.read().split()
     except FileNotFoundError:
         return []
+
+
+@ox.task
+def sleep_for(seconds, value=None):
+    import time
+
+    time.sleep(seconds)
+    return value
+
+
+@ox.task
+def exit_with(code, log=None):
+    import os
+
+    if log:
+        with open(log, "a") as stream:
+            stream.write("x\n")
+    os._exit(code)
+
+
+@ox.task
+def kill_self(signal_number, log=None):
+    import os
+
+    if log:
+        with open(log, "a") as stream:
+            stream.write("x\n")
+    os.kill(os.getpid(), signal_number)
+
+
+@ox.task
+def segfault():
+    import ctypes
+
+    ctypes.string_at(0)
+
+
+@ox.task
+def crash_once(marker, value):
+    """Dies the first time (no marker file yet), succeeds when retried."""
+    import os
+
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(1)
+    return value
+
+
+@ox.task
+def allocate(megabytes, log=None):
+    import time
+
+    if log:
+        with open(log, "a") as stream:
+            stream.write("x\n")
+    block = np.ones(megabytes * 2**20 // 8)
+    time.sleep(2)
+    return float(block[0])
+
+
+def worker_pid(_=None):
+    import os
+
+    return os.getpid()
+
+
+def return_lock():
+    import threading
+
+    return threading.Lock()
+
+
+@ox.task
+def record_slowly(path, value, seconds=0.01):
+    """Like ``record``, taking ``seconds``: long enough that its result is reported at once."""
+    import time
+
+    time.sleep(seconds)
+    with open(path, "a") as stream:
+        stream.write(f"{value}\n")
+    return value

@@ -31,9 +31,10 @@ _forkserver_ours = False
 class Worker:
     """One worker process and what the manager knows of it."""
 
-    def __init__(self, process: Any, conn: Connection) -> None:
+    def __init__(self, process: Any, conn: Connection, started: Any) -> None:
         self.process = process
         self.conn = conn
+        self.started = started  # shared counter of the jobs the worker has started
         self.outstanding: deque[Any] = deque()  # jobs sent, in order; the first one is running
         self.last_progress = 0.0  # when its running job started, at the latest
         self.done = 0
@@ -62,6 +63,17 @@ class Worker:
         self.peak_rss_mb = max(self.peak_rss_mb, rss)
         return rss
 
+    def split_outstanding(self) -> tuple[list[Any], Any, list[Any]]:
+        """After the worker ended: (jobs it finished but whose results were lost with it, the job
+        it was running or None, jobs it never started)."""
+        jobs = list(self.outstanding)
+        running = self.started.value - self.done - 1  # index of the running job in ``jobs``
+        if running < 0:
+            return [], None, jobs
+        if running >= len(jobs):
+            return jobs, None, []
+        return jobs[:running], jobs[running], jobs[running + 1 :]
+
     def reap(self) -> None:
         self.process.join(timeout=TERMINATE_GRACE_SECONDS)
         self.conn.close()
@@ -81,16 +93,17 @@ class Launcher:
 
     def spawn(self) -> Worker:
         parent_conn, child_conn = self.context.Pipe(duplex=True)
+        started = self.context.RawValue("q", 0)
         process = self.context.Process(
             target=worker_main,
-            args=(child_conn, self.dump_dir),
+            args=(child_conn, self.dump_dir, started),
             name="orchestrix-worker",
             daemon=True,
         )
         with _main_module_hidden():
             process.start()
         child_conn.close()
-        return Worker(process, parent_conn)
+        return Worker(process, parent_conn, started)
 
     def close(self) -> None:
         if self._uses_forkserver:

@@ -251,11 +251,14 @@ class MultiprocessingBackend(Backend):
 
     # -- receiving results --------------------------------------------------------------------
 
-    def _receive(self, worker: Worker) -> None:
+    def _receive(self, worker: Worker) -> bool:
+        """Read one message of results; False when there is none (the worker ended)."""
         try:
+            if not worker.conn.poll():
+                return False
             results = pickle.loads(worker.conn.recv_bytes())
         except (EOFError, OSError):
-            return  # it died; the sentinel handles it
+            return False  # it died; the sentinel handles it
         now = time.monotonic()
         worker.last_progress = self._last_completion = now
         for job_id, status, data, seconds in results:
@@ -270,6 +273,7 @@ class MultiprocessingBackend(Backend):
             self._deliver(job, status, data)
         if worker.stopping == "retire" and not worker.outstanding:
             worker.send_stop()
+        return True
 
     def _deliver(self, job: _Job, status: str, data: Any) -> None:
         unit = job.unit
@@ -290,22 +294,17 @@ class MultiprocessingBackend(Backend):
     # -- workers that end ---------------------------------------------------------------------
 
     def _on_exit(self, worker: Worker) -> None:
-        while worker.conn.poll():  # results sent before it died are still in the pipe
-            try:
-                self._receive(worker)
-            except (EOFError, OSError):
-                break
-            if not worker.conn.poll(0):
-                break
+        while self._receive(worker):  # results sent before it died are still in the pipe
+            pass
         worker.reap()
         self._workers.remove(worker)
-        jobs = list(worker.outstanding)
+        lost, running, waiting = worker.split_outstanding()
+        jobs = worker.outstanding.copy()
         worker.outstanding.clear()
         reason = worker.stopping
-        if jobs:
-            running, waiting = jobs[0], jobs[1:]
-            with self._lock:
-                self._pending.extendleft(reversed(waiting))  # they never started: no attempt used
+        with self._lock:  # jobs not at fault go back first in line, using no attempt
+            self._pending.extendleft(reversed(lost + waiting))
+        if running is not None:
             self._handle_interrupted(worker, running)
         if reason == "retire" or self._closed:
             return
