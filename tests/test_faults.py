@@ -272,3 +272,17 @@ def test_interpreter_exit_without_close_cleans_up(tmp_path):
     child.communicate(timeout=30)
     assert child.returncode == 0
     assert _gone(info["workers"], info["dump"])
+
+
+def test_many_tiny_calls_from_two_threads_all_complete():
+    # Stresses the wake-up protocol between callers and the pool's manager thread.
+    import concurrent.futures
+
+    with pool() as orch, concurrent.futures.ThreadPoolExecutor(2) as callers:
+
+        def burst(offset):
+            futures = [orch.submit(abs, -(offset + i)) for i in range(5000)]
+            return [f.result(timeout=60) for f in futures]
+
+        results = list(callers.map(burst, [0, 10_000]))
+    assert results == [list(range(5000)), list(range(10_000, 15_000))]

@@ -170,13 +170,15 @@ class MultiprocessingBackend(Backend):
                 self._on_exit(by_sentinel[item])
 
     def _drain_wake_pipe(self) -> None:
-        with self._lock:
-            self._wake_pending = False
         try:
             while os.read(self._wake_read, 4096):
                 pass
         except (BlockingIOError, OSError):
             pass
+        # Only now: a submit after this line writes a new byte; one before it queued its job,
+        # which the dispatch that follows sees. Clearing first could swallow the last wake-up.
+        with self._lock:
+            self._wake_pending = False
 
     # -- sending work -------------------------------------------------------------------------
 
