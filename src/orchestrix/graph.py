@@ -50,6 +50,18 @@ class TaskNode:
         self.deps: tuple[TaskNode, ...] = tuple(deps.values())  # unique, in argument order
         self.has_refs = bool(deps)
 
+    @classmethod
+    def call(
+        cls,
+        func: Callable[..., Any],
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        key: str,
+    ) -> TaskNode:
+        """A node for one plain call, whose arguments are known to hold no Delayed."""
+        return _rebuild_node(func, name, args, kwargs, 1, key, False)
+
     def __repr__(self) -> str:
         return f"<TaskNode {self.key}>"
 
@@ -218,6 +230,22 @@ def find_delayed(obj: Any) -> list[Delayed]:
 
     map_nested(obj, Delayed, collect)
     return found
+
+
+def contains_delayed(obj: Any) -> bool:
+    """Whether ``obj`` is, or holds in lists, tuples and dicts, a Delayed (a fast check)."""
+    kind = type(obj)
+    if kind is Delayed:
+        return True
+    if kind is tuple or kind is list:
+        for item in obj:
+            if contains_delayed(item):
+                return True
+    elif kind is dict:
+        for item in obj.values():
+            if contains_delayed(item):
+                return True
+    return False
 
 
 def map_nested(obj: Any, leaf_type: type, replace: Callable[[Any], Any]) -> Any:

@@ -25,7 +25,14 @@ from .engine import Engine, task_error
 from .errors import ConfigError
 from .execute import UnitOutcome
 from .factorize import WorkUnit
-from .graph import Delayed, TaskFunction, TaskNode, find_delayed, map_nested
+from .graph import (
+    Delayed,
+    TaskFunction,
+    TaskNode,
+    contains_delayed,
+    find_delayed,
+    map_nested,
+)
 from .sizing import resolve_pool_config
 
 __all__ = ["Orchestrator"]
@@ -164,12 +171,12 @@ class Orchestrator(Executor):
         name: str | None = None,
     ) -> tuple[Future[Any], int]:
         self._check_open()
-        if find_delayed((args, kwargs)):
+        if contains_delayed(args) or contains_delayed(kwargs):
             args, kwargs = self.compute((args, kwargs))
         if isinstance(fn, TaskFunction):  # a task submitted directly runs its function
             name, fn = name or fn.name, fn.func
         future: Future[Any] = Future()
-        node = TaskNode(fn, name or _name_of(fn), args, kwargs, 1, f"call{next(_CALL_IDS)}")
+        node = TaskNode.call(fn, name or _name_of(fn), args, kwargs, f"call{next(_CALL_IDS)}")
         unit = WorkUnit((node,), ())
         job = self._backend.submit(unit, {}, functools.partial(self._settle, future))
         with self._lock:

@@ -46,20 +46,46 @@ _SHM_MIN_FREE = 2**30
 
 
 def dumps_work(obj: Any) -> bytes:
-    """Pickle work for a worker: module-level task functions by reference, the rest as cloudpickle
-    does (by reference when importable, by value for lambdas, closures and ``__main__``)."""
+    """Pickle work for a worker with the C pickler; only functions and classes that a worker
+    could not import (lambdas, closures, anything of ``__main__``) go by value, via cloudpickle.
+    Module-level task functions go by reference. Within one call each object is pickled once."""
     buffer = io.BytesIO()
     _WorkPickler(buffer, protocol=5).dump(obj)
     return buffer.getvalue()
 
 
-class _WorkPickler(cloudpickle.Pickler):
+class _WorkPickler(pickle.Pickler):
+    # The C pickler calls this only for objects that are not plain data (ints, strings, lists,
+    # dicts...): cheap, unlike a pure-Python pickler.
     def reducer_override(self, obj: Any) -> Any:
-        if type(obj) is types.FunctionType:
+        kind = type(obj)
+        if kind is types.FunctionType:
             reference = _task_function_reference(obj)
             if reference is not None:
                 return reference
-        return super().reducer_override(obj)
+            if not _importable(obj):
+                return (_load_by_value, (cloudpickle.dumps(obj, protocol=5),))
+        elif kind is type and not _importable(obj):
+            return (_load_by_value, (cloudpickle.dumps(obj, protocol=5),))
+        return NotImplemented
+
+
+def _importable(obj: Any) -> bool:
+    """Can another process find ``obj`` by its module and qualified name?
+
+    Workers never import the caller's ``__main__`` (see mp_pool), so its objects go by value."""
+    module_name = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", "")
+    if not module_name or module_name == "__main__" or "<" in qualname:
+        return False
+    target: Any = sys.modules.get(module_name)
+    for part in qualname.split("."):
+        target = getattr(target, part, None)
+    return target is obj
+
+
+def _load_by_value(data: bytes) -> Any:
+    return cloudpickle.loads(data)
 
 
 def _task_function_reference(func: types.FunctionType) -> tuple[Any, ...] | None:
@@ -156,8 +182,13 @@ def _open_dump(path: str) -> Any:
     return numpy.load(path, mmap_mode="r")
 
 
+_PLAIN = (int, float, str, bytes, bool, type(None))
+
+
 def materialize(value: Any) -> Any:
     """Replace the dump handles in a result by read-only memory maps, for the caller."""
+    if type(value) in _PLAIN:
+        return value  # the common case of small results: nothing to walk
     return map_nested(value, DumpedArray, DumpedArray.open)
 
 

@@ -39,18 +39,25 @@ def worker_main(conn: Connection, dump_dir: str | None, started: Any) -> None:
             return  # the parent is gone
         if message[0] == STOP:
             return
-        _run_batch(conn, message[1], dumper, started)
+        _run_batch(conn, message[1], message[2], dumper, started)
 
 
 def _run_batch(
-    conn: Connection, jobs: list[tuple[int, bytes]], dumper: Dumper | None, counter: Any
+    conn: Connection, job_ids: list[int], payload: bytes, dumper: Dumper | None, counter: Any
 ) -> None:
+    try:
+        work = pickle.loads(payload)
+    except Exception:  # noqa: BLE001 - e.g. a module that this process cannot import
+        counter.value += len(job_ids)
+        text = traceback.format_exc()
+        _send(conn, [(job_id, UNLOADABLE, text, 0.0) for job_id in job_ids])
+        return
     results: list[tuple[Any, ...]] = []
     last_send = time.monotonic()
-    for job_id, payload in jobs:
+    for job_id, (unit, inputs) in zip(job_ids, work, strict=True):
         counter.value += 1  # a write to shared memory: free, unlike a message per job
         started = time.perf_counter()
-        status, data = _run_job(payload, dumper)
+        status, data = _run_job(unit, inputs, dumper)
         results.append((job_id, status, data, time.perf_counter() - started))
         now = time.monotonic()
         if now - last_send >= FLUSH_SECONDS:
@@ -64,11 +71,7 @@ def _send(conn: Connection, results: list[tuple[Any, ...]]) -> None:
     conn.send_bytes(pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL))
 
 
-def _run_job(payload: bytes, dumper: Dumper | None) -> tuple[str, Any]:
-    try:
-        unit, inputs = pickle.loads(payload)
-    except Exception:  # noqa: BLE001 - e.g. a module that this process cannot import
-        return UNLOADABLE, traceback.format_exc()
+def _run_job(unit: Any, inputs: Any, dumper: Dumper | None) -> tuple[str, Any]:
     outcome = run_unit(unit, inputs, remote=True)
     if outcome.failure is not None:
         return FAILED, _encode_failure(outcome.failure)

@@ -47,7 +47,7 @@ MAX_STARTUP_FAILURES = 3
 
 
 class _Job:
-    __slots__ = ("attempts", "id", "inputs", "payload", "sink", "stalls", "unit")
+    __slots__ = ("attempts", "id", "inputs", "sink", "stalls", "unit")
 
     def __init__(self, job_id: int, unit: WorkUnit, inputs: Mapping[str, Any], sink: Sink) -> None:
         self.id = job_id
@@ -56,7 +56,6 @@ class _Job:
         self.sink = sink
         self.attempts = 0
         self.stalls = 0
-        self.payload: bytes | None = None
 
 
 class MultiprocessingBackend(Backend):
@@ -215,27 +214,37 @@ class MultiprocessingBackend(Backend):
         return jobs
 
     def _send(self, worker: Worker, jobs: list[_Job]) -> None:
-        batch = []
-        for job in jobs:
-            if job.payload is None:
-                try:
-                    job.payload = dumps_work((job.unit, job.inputs))
-                except Exception as exc:  # noqa: BLE001 - report what could not be pickled
-                    self._fail_unpicklable(job, exc)
-                    continue
-            batch.append((job.id, job.payload))
-        if not batch:
+        payload, jobs = self._pickle_batch(jobs)
+        if not jobs:
             return
         now = time.monotonic()
         if not any(w.outstanding for w in self._workers):
             self._last_completion = now  # the stall clock starts when work starts
         if not worker.outstanding:
             worker.last_progress = now
-        worker.outstanding.extend(job for job in jobs if job.payload is not None)
+        worker.outstanding.extend(jobs)
+        message = (RUN, [job.id for job in jobs], payload)
         try:
-            worker.conn.send_bytes(pickle.dumps((RUN, batch), protocol=pickle.HIGHEST_PROTOCOL))
+            worker.conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
         except OSError:
             pass  # the worker died: its sentinel fires next and its jobs go back to the queue
+
+    def _pickle_batch(self, jobs: list[_Job]) -> tuple[bytes, list[_Job]]:
+        """Pickle the jobs together (a function shared by many jobs is pickled once); if that
+        fails, find and fail the jobs that cannot be pickled, and send the others."""
+        try:
+            return dumps_work([(job.unit, job.inputs) for job in jobs]), jobs
+        except Exception:  # noqa: BLE001 - find the culprits one by one
+            pass
+        good = []
+        for job in jobs:
+            try:
+                dumps_work((job.unit, job.inputs))
+            except Exception as exc:  # noqa: BLE001 - report what could not be pickled
+                self._fail_unpicklable(job, exc)
+            else:
+                good.append(job)
+        return (dumps_work([(job.unit, job.inputs) for job in good]) if good else b""), good
 
     def _retire_if_due(self, worker: Worker) -> None:
         limit = self.config.max_tasks_per_worker
