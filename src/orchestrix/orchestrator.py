@@ -62,8 +62,12 @@ class Orchestrator(Executor):
         self._futures: dict[Future[Any], int] = {}  # submitted calls not finished -> job id
         if self.config.out_dir is not None:
             _write_used_config(self.config)
-        self._backend.start()
         self._finalizer = weakref.finalize(self, self._backend.close)
+        try:
+            self._backend.start()
+        except BaseException:
+            self._finalizer()  # whatever started is stopped
+            raise
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **overrides: Any) -> Orchestrator:
