@@ -251,10 +251,12 @@ def test_ctrl_c_stops_workers_and_removes_dump_dir(tmp_path, method):
 
     info = json.loads(child.stdout.readline())
     time.sleep(0.5)  # let the tasks start
+    descendants = [p.pid for p in psutil.Process(child.pid).children(recursive=True)]
+    assert set(info["workers"]) <= set(descendants)  # forkserver, if any, is among them too
     child.send_signal(signal.SIGINT)
     _, stderr = child.communicate(timeout=10)
     assert "KeyboardInterrupt" in stderr
-    assert _gone(info["workers"], info["dump"]), "workers or dump directory left behind"
+    assert _gone(descendants, info["dump"]), "processes or dump directory left behind"
 
 
 def test_interpreter_exit_without_close_cleans_up(tmp_path):
@@ -286,3 +288,12 @@ def test_many_tiny_calls_from_two_threads_all_complete():
 
         results = list(callers.map(burst, [0, 10_000]))
     assert results == [list(range(5000)), list(range(10_000, 15_000))]
+
+
+def test_unavailable_start_method_falls_back_to_spawn_with_a_warning(monkeypatch):
+    from orchestrix.backends import mp_pool
+
+    monkeypatch.setattr(mp_pool.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    with pytest.warns(RuntimeWarning, match="using 'spawn'"), pool("forkserver") as orch:
+        assert orch._backend._launcher.method == "spawn"
+        assert orch.compute(inc(1)) == 2
