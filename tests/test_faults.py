@@ -107,11 +107,10 @@ def test_a_crash_once_is_absorbed_by_a_retry_and_finished_results_are_kept(tmp_p
 
 
 def test_crash_is_seen_at_once_not_after_a_timeout():
-    with pool(retries=0, per_job_timeout=300, task_timeout=300) as orch:
-        started = time.monotonic()
-        with pytest.raises(ox.WorkerCrashedError):
-            orch.compute(exit_with(1))
-        assert time.monotonic() - started < 60  # generous: the point is not waiting 300 s
+    # With both timeouts far beyond the test's own time limit, only the sentinel can end this.
+    patient = pool(retries=0, per_job_timeout=3600, task_timeout=3600)
+    with patient as orch, pytest.raises(ox.WorkerCrashedError):
+        orch.compute(exit_with(1))
 
 
 def test_memory_limit_is_enforced_and_not_retried(tmp_path):

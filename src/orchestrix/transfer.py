@@ -269,8 +269,3 @@ def _process_start_ticks(pid: int) -> int:
         return int(fields[19])
     except (OSError, IndexError, ValueError):
         return 0
-
-
-def loads(data: bytes) -> Any:
-    """Unpickle what :func:`dumps_work` or a worker produced."""
-    return pickle.loads(data)
