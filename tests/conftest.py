@@ -21,6 +21,9 @@ if "multiprocessing" in AVAILABLE:
                 "mp_mode": method,
             }
 
+if "local_dask" in AVAILABLE:
+    BACKENDS["local_dask"] = {"mode": "local_dask", "nb_workers": 2}
+
 
 @pytest.fixture(params=list(BACKENDS))
 def options(request: pytest.FixtureRequest) -> dict:

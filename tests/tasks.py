@@ -188,3 +188,15 @@ def record_slowly(path, value, seconds=0.01):
     with open(path, "a") as stream:
         stream.write(f"{value}\n")
     return value
+
+
+@ox.task
+def kill_worker_once(marker, value):
+    """SIGKILLs its own worker process the first time (no marker yet); returns value after."""
+    import os
+    import signal
+
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return value

@@ -94,7 +94,10 @@ def test_to_dict_round_trips():
     assert parse_config(config) == config
 
 
-def test_unbuilt_mode_is_refused_with_a_clear_error():
+def test_unbuilt_mode_is_refused_with_a_clear_error(monkeypatch):
+    from orchestrix import backends
+
+    monkeypatch.delitem(backends.AVAILABLE, "local_dask")
     with pytest.raises(ox.ConfigError, match="not built"):
         ox.Orchestrator(mode="local_dask", nb_workers=2)
 

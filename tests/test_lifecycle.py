@@ -93,7 +93,7 @@ def test_demo_command_runs():
 
 def test_demo_reports_config_errors_in_one_line():
     result = subprocess.run(
-        [sys.executable, "-m", "orchestrix", "demo", "--mode", "local_dask"],
+        [sys.executable, "-m", "orchestrix", "demo", "--nb-workers", "0"],
         capture_output=True,
         text=True,
     )

@@ -241,6 +241,15 @@ class LocalDaskConfig(_DaskConfig):
     """``local_dask``: a dask LocalCluster on this machine."""
 
     mode: str = "local_dask"
+    threads_per_worker: int = _key(
+        1, "a positive int", _positive_int, "threads per worker (more for code that frees the GIL)"
+    )
+    scheduler_address: str | None = _key(
+        None,
+        "a scheduler address (str) or None",
+        _optional(_is_str),
+        "use this running dask scheduler instead of starting a cluster",
+    )
     MODE: ClassVar[str] = "local_dask"
 
 

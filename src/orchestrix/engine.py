@@ -50,7 +50,10 @@ class Engine:
             return
         logger.debug("run: %d targets, %d units", len(targets), len(run.units))
         try:
-            yield from run.drive(self.backend)
+            if self.backend.runs_graphs:
+                yield from run.drive_graph(self.backend)
+            else:
+                yield from run.drive(self.backend)
         finally:
             self.backend.cancel(list(run.in_flight.values()))
 
@@ -73,6 +76,18 @@ class _Run:
         self.ready = deque(unit for unit in units if not unit.deps)
         self.in_flight: dict[str, int] = {}  # unit key -> backend job id
         self.outcomes: queue.SimpleQueue[UnitOutcome] = queue.SimpleQueue()
+
+    def drive_graph(self, backend: Backend) -> Iterator[tuple[int, Any]]:
+        """Hand the whole graph over at once, to a backend that schedules graphs itself; only
+        the targets' outcomes come back."""
+        units = list(self.units.values())
+        target_keys = list(self.targets_at)
+        self.in_flight["graph"] = backend.submit_graph(units, target_keys, self.outcomes.put)
+        for _ in target_keys:
+            outcome = self.outcomes.get()
+            if outcome.failure is not None:
+                raise self._target_error(outcome)
+            yield from self._yield_targets(outcome, backend)
 
     def drive(self, backend: Backend) -> Iterator[tuple[int, Any]]:
         left = len(self.units)
@@ -110,9 +125,15 @@ class _Run:
             if not self.missing_inputs[reader]:
                 newly_ready.append(self.units[reader])
         self.ready.extendleft(reversed(newly_ready))  # depth first, in graph order
-        for position, index in self.targets_at.get(key, ()):
-            value = outcome.value if index is None else outcome.value[index]
-            yield position, backend.materialize(value)
+        yield from self._yield_targets(outcome, backend)
+
+    def _yield_targets(self, outcome: UnitOutcome, backend: Backend) -> Iterator[tuple[int, Any]]:
+        places = self.targets_at.get(outcome.unit.key, ())
+        if not places:
+            return
+        value = backend.materialize(outcome.value)
+        for position, index in places:
+            yield position, value if index is None else value[index]
 
     def _target_error(self, outcome: UnitOutcome) -> TaskError:
         """The error to raise: the first target (in input order) that the failure reaches."""

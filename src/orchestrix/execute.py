@@ -75,6 +75,33 @@ def resolve(obj: Any, values: Mapping[str, Any]) -> Any:
     return map_nested(obj, Ref, value_of)
 
 
+def portable_failure(failure: TaskFailure) -> TaskFailure:
+    """``failure`` made safe to pickle: an exception that cannot be pickled becomes its text."""
+    import pickle
+
+    try:
+        pickle.dumps(failure.exception)
+    except Exception:  # noqa: BLE001 - whatever makes it unpicklable
+        exc = failure.exception
+        failure.exception = RuntimeError(
+            f"{type(exc).__name__}: {exc} (the exception could not be pickled)"
+        )
+    return failure
+
+
+class UnitFailed(Exception):
+    """Raised by a unit run inside another scheduler (dask), carrying the task failure, so that
+    the scheduler stops its dependents and the caller learns which task failed."""
+
+    def __init__(self, failure: TaskFailure, restart_worker: str | None = None) -> None:
+        super().__init__(f"task {failure.name!r} failed: {failure.exception!r}")
+        self.failure = failure
+        self.restart_worker = restart_worker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (UnitFailed, (self.failure, self.restart_worker))
+
+
 def _sized(obj: Any) -> bool:
     try:
         len(obj)

@@ -49,13 +49,21 @@ class Orchestrator(Executor):
     CARS-style dict; keywords override it) or ``Orchestrator.from_file("conf.yaml")``.
     """
 
-    def __init__(self, config: Mapping[str, Any] | Config | None = None, /, **options: Any) -> None:
+    def __init__(
+        self,
+        config: Mapping[str, Any] | Config | None = None,
+        /,
+        *,
+        client: Any = None,
+        **options: Any,
+    ) -> None:
         parsed = parse_config(config, **options)
         _refuse_unbuilt_features(parsed)
         create_backend_class(parsed)  # an unbuilt mode is refused before the machine is sized
         self.config: Config
         self.config, self.sizing_reasons = resolve_pool_config(parsed)
-        self._backend = create_backend(self.config)
+        extras = {"client": client} if client is not None else {}
+        self._backend = create_backend(self.config, **extras)
         self._engine = Engine(self._backend, self.config.factorize_tasks)
         self._closed = False
         self._lock = threading.Lock()

@@ -15,12 +15,19 @@ AVAILABLE: dict[str, str] = {
     "sequential": "orchestrix.backends.sequential:SequentialBackend",
     "multiprocessing": "orchestrix.backends.multiprocessing:MultiprocessingBackend",
     "auto": "orchestrix.backends.multiprocessing:MultiprocessingBackend",
+    "local_dask": "orchestrix.backends.local_dask:DaskBackend",
 }
 
 
-def create_backend(config: Any) -> Backend:
-    """The backend for ``config.mode``, imported on demand (dask stays unimported otherwise)."""
-    backend: Backend = create_backend_class(config)(config)
+def create_backend(config: Any, **extras: Any) -> Backend:
+    """The backend for ``config.mode``, imported on demand (dask stays unimported otherwise).
+    ``extras`` are objects that are not configuration, e.g. an existing dask ``client``."""
+    backend_class = create_backend_class(config)
+    if extras and not getattr(backend_class, "runs_graphs", False):
+        raise ConfigError(
+            f"{', '.join(extras)} only applies to the dask modes, not {config.mode!r}"
+        )
+    backend: Backend = backend_class(config, **extras)
     return backend
 
 

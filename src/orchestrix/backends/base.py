@@ -27,6 +27,15 @@ class Backend(ABC):
     def __init__(self, config: Any) -> None:
         self.config = config
 
+    #: True for backends that schedule whole graphs themselves (dask): the engine then calls
+    #: :meth:`submit_graph` once instead of handing over ready units
+    runs_graphs: bool = False
+
+    def submit_graph(self, units: list[WorkUnit], targets: list[str], sink: Sink) -> int:
+        """Run every unit (in topological order, deps by key); call ``sink`` with the outcome of
+        each unit whose key is in ``targets``. Returns a job id for :meth:`cancel`."""
+        raise NotImplementedError
+
     def capacity(self) -> int:
         """How many units the engine may hand over before it waits for an outcome."""
         return 1

@@ -15,7 +15,7 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
-from ..execute import TaskFailure, run_unit
+from ..execute import TaskFailure, portable_failure, run_unit
 from ..transfer import Dumper
 
 FLUSH_SECONDS = 0.005
@@ -101,12 +101,4 @@ def _pickle_result(value: Any) -> bytes:
 
 
 def _encode_failure(failure: TaskFailure) -> bytes:
-    try:
-        return pickle.dumps(failure, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:  # noqa: BLE001 - the exception itself cannot be pickled: keep its text
-        exc = failure.exception
-        failure.exception = RuntimeError(
-            f"{type(exc).__name__}: {exc} (the exception could not be pickled)"
-        )
-        failure.exception.__cause__ = None
-        return pickle.dumps(failure, protocol=pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps(portable_failure(failure), protocol=pickle.HIGHEST_PROTOCOL)

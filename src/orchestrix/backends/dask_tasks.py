@@ -1,0 +1,101 @@
+"""What runs inside dask workers: one orchestrix unit as one dask task, and the memory logger.
+
+Kept apart from the backend so that a worker imports only this and ``orchestrix.execute``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+from distributed import WorkerPlugin
+
+from ..errors import TaskTimeoutError
+from ..execute import TaskFailure, UnitFailed, UnitOutcome, portable_failure, run_unit
+from ..factorize import WorkUnit
+
+__all__ = ["MemoryLogger", "run_unit_task"]
+
+
+def run_unit_task(unit: WorkUnit, timeout: float | None, *values: Any) -> Any:
+    """A dask task: run ``unit`` with its dependencies' values (in ``unit.deps`` order).
+
+    A failing task raises :class:`UnitFailed`, so that dask does not run its dependents and the
+    error that reaches the caller names the task that failed first.
+    """
+    inputs = dict(zip(unit.deps, values, strict=True))
+    if timeout is None:
+        outcome = run_unit(unit, inputs, remote=True)
+    else:
+        outcome = _run_with_timeout(unit, inputs, timeout)
+    if outcome.failure is not None:
+        restart = _worker_address() if outcome.failure.error is not None else None
+        raise UnitFailed(portable_failure(outcome.failure), restart)
+    return outcome.value
+
+
+def _run_with_timeout(unit: WorkUnit, inputs: dict[str, Any], timeout: float) -> UnitOutcome:
+    """Run the unit in a thread and stop waiting after ``timeout``; the caller then restarts this
+    worker, which is the only way to stop a Python thread that is still running."""
+    box: list[UnitOutcome] = []
+    thread = threading.Thread(
+        target=lambda: box.append(run_unit(unit, inputs, remote=True)), daemon=True
+    )
+    thread.start()
+    thread.join(timeout)
+    if box:
+        return box[0]
+    message = (
+        f"task {unit.name!r} ran longer than per_job_timeout={timeout} s; its worker is restarted "
+        f"(key {unit.key})"
+    )
+    error = TaskTimeoutError(unit.key, unit.name, message, timeout)
+    return UnitOutcome(unit, failure=TaskFailure(unit.key, unit.name, error, None, error=error))
+
+
+def _worker_address() -> str | None:
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+    except (ImportError, ValueError):
+        return None
+
+
+class MemoryLogger(WorkerPlugin):
+    """A dask worker plugin: samples the worker's resident memory once a second into
+    ``directory/worker-<name>.csv`` (``time,rss_mb``)."""
+
+    name = "orchestrix-memory-logger"
+
+    def __init__(self, directory: str, period: float = 1.0) -> None:
+        super().__init__()
+        self.directory = directory
+        self.period = period
+        self._stop: threading.Event | None = None  # made in the worker: an Event cannot travel
+
+    def setup(self, worker: Any) -> None:
+        self._stop = threading.Event()
+        os.makedirs(self.directory, exist_ok=True)
+        safe = str(worker.name).replace("/", "_").replace(":", "_")
+        path = os.path.join(self.directory, f"worker-{safe}.csv")
+        threading.Thread(target=self._sample, args=(path,), daemon=True).start()
+
+    def teardown(self, worker: Any) -> None:
+        if self._stop is not None:
+            self._stop.set()
+
+    def _sample(self, path: str) -> None:
+        import psutil
+
+        process = psutil.Process()
+        with open(path, "a", encoding="utf-8") as stream:
+            stream.write("time,rss_mb\n")
+            while self._stop is not None and not self._stop.wait(
+                self.period
+            ):  # an Event wait: ends at once on teardown
+                rss = process.memory_info().rss / 2**20
+                stream.write(f"{time.time():.3f},{rss:.1f}\n")
+                stream.flush()

@@ -1,0 +1,247 @@
+"""The ``local_dask`` backend, and the dask plumbing that the cluster modes share.
+
+The orchestrix graph becomes one dask graph: each unit (a fused chain) is one dask task whose
+dependencies are the units it reads, so dask schedules the whole graph, keeps intermediate data on
+the workers and frees it when its readers are done. Only the targets' results come back.
+
+Semantics follow the multiprocessing mode: ``per_job_timeout`` fails the task with
+``TaskTimeoutError`` and restarts the worker that ran it; a worker that dies is replaced by its
+nanny and its tasks rescheduled up to ``retries`` times (dask's ``allowed-failures``), then
+``WorkerCrashedError``; ``task_timeout`` is the stall watchdog; ``dump_to_disk`` is dask's spilling
+of worker memory to disk; a raising task is not retried.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import os
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ..errors import StallError, TaskError, WorkerCrashedError
+from ..execute import TaskFailure, UnitFailed, UnitOutcome
+from ..factorize import WorkUnit
+from .base import Backend, Sink
+from .dask_tasks import MemoryLogger, run_unit_task
+
+__all__ = ["DaskBackend"]
+
+logger = logging.getLogger("orchestrix")
+
+
+class DaskBackend(Backend):
+    """Runs graphs on a dask cluster; ``client`` (an existing ``distributed.Client``) is used
+    as it is and left running at close."""
+
+    runs_graphs = True
+
+    def __init__(self, config: Any, client: Any = None) -> None:
+        super().__init__(config)
+        self.client: Any = client
+        self.cluster: Any = None
+        self._owns_client = client is None
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+        # job id -> (future, unit, sink) that the caller waits for
+        self._futures: dict[int, list[tuple[Any, WorkUnit, Sink]]] = {}
+        self._progress = threading.Event()
+        self._closed = threading.Event()
+        self._stalls = 0
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        import dask
+        from distributed import Client
+
+        if self.client is None:
+            address = getattr(self.config, "scheduler_address", None)
+            with dask.config.set(self.dask_settings()):
+                if address:
+                    self.client = Client(address, security=self.security())
+                else:
+                    self.cluster = self.make_cluster()
+                    self.client = Client(self.cluster, security=self.security())
+        if self.dashboard_link:
+            logger.warning("orchestrix: dask dashboard at %s", self.dashboard_link)
+        if self.config.use_memory_logger and self.config.out_dir:
+            directory = os.path.join(os.path.abspath(self.config.out_dir), "memory")
+            self.client.register_plugin(MemoryLogger(directory), name=MemoryLogger.name)
+        if self.config.task_timeout is not None:
+            threading.Thread(
+                target=self._watch_stalls, name="orchestrix-dask-watchdog", daemon=True
+            ).start()
+
+    def make_cluster(self) -> Any:
+        """A LocalCluster of ``nb_workers`` processes listening on 127.0.0.1 only."""
+        from distributed import LocalCluster
+
+        return LocalCluster(
+            n_workers=self.config.nb_workers,
+            threads_per_worker=self.config.threads_per_worker,
+            processes=True,
+            host="127.0.0.1",
+            # The scheduler's HTTP server (health, metrics) always runs: keep it on localhost,
+            # on a free port; the dashboard pages are only served when asked for.
+            dashboard_address="127.0.0.1:0",
+            scheduler_kwargs={"dashboard": self.config.activate_dashboard},
+            memory_limit=f"{self.config.max_ram_per_worker}MiB",
+            silence_logs=logging.CRITICAL,  # orchestrix reports task errors itself
+        )
+
+    def security(self) -> Any:
+        return None  # local_dask listens on 127.0.0.1 only
+
+    def dask_settings(self) -> dict[str, Any]:
+        """dask configuration for the cluster this backend creates (read by scheduler and
+        workers at their start; nothing is changed globally)."""
+        spill: dict[str, Any] = {}
+        if not self.config.dump_to_disk:
+            spill = {
+                "distributed.worker.memory.target": False,
+                "distributed.worker.memory.spill": False,
+            }
+        return {"distributed.scheduler.allowed-failures": self.config.retries, **spill}
+
+    @property
+    def dashboard_link(self) -> str | None:
+        """The dashboard's URL, or None when the scheduler serves none."""
+        if self.client is None or not self.config.activate_dashboard:
+            return None
+        return str(self.client.dashboard_link)
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._progress.set()
+        with self._lock:
+            futures = [f for group in self._futures.values() for f, _, _ in group]
+            self._futures.clear()
+        if self.client is not None and futures:
+            self.client.cancel(futures)
+        if self._owns_client and self.client is not None:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+    # -- work ---------------------------------------------------------------------------------
+
+    def submit_graph(self, units: list[WorkUnit], targets: list[str], sink: Sink) -> int:
+        timeout = self.config.per_job_timeout
+        graph = {unit.key: (run_unit_task, unit, timeout, *unit.deps) for unit in units}
+        futures = self.client.get(graph, targets, sync=False)
+        by_key = {unit.key: unit for unit in units}
+        return self._watch(list(zip((by_key[key] for key in targets), futures, strict=True)), sink)
+
+    def submit(self, unit: WorkUnit, inputs: Mapping[str, Any], sink: Sink) -> int:
+        values = [inputs[dep] for dep in unit.deps]
+        future = self.client.submit(
+            run_unit_task, unit, self.config.per_job_timeout, *values, pure=False
+        )
+        return self._watch([(unit, future)], sink)
+
+    def _watch(self, pairs: list[tuple[WorkUnit, Any]], sink: Sink) -> int:
+        job = next(self._ids)
+        with self._lock:
+            self._futures[job] = [(future, unit, sink) for unit, future in pairs]
+        for unit, future in pairs:
+            future.add_done_callback(functools.partial(self._settle, job, unit, sink))
+        return job
+
+    def cancel(self, job_ids: Iterable[int]) -> None:
+        with self._lock:
+            futures = [f for job in job_ids for f, _, _ in self._futures.pop(job, [])]
+        if futures and not self._closed.is_set():
+            self.client.cancel(futures)
+
+    def materialize(self, value: Any) -> Any:
+        result = getattr(value, "result", None)
+        return result() if callable(result) else value
+
+    def _settle(self, job: int, unit: WorkUnit, sink: Sink, future: Any) -> None:
+        """Called by distributed, in its callback thread, when a watched future is done."""
+        self._progress.set()
+        with self._lock:
+            group = self._futures.get(job)
+            entry = next((e for e in group or () if e[0] is future), None)
+            if group is None or entry is None or future.cancelled():
+                return  # cancelled: nobody waits for it
+            group.remove(entry)
+            if not group:
+                del self._futures[job]
+        if future.status != "error":
+            sink(UnitOutcome(unit, value=future))
+            return
+        sink(UnitOutcome(unit, failure=self._failure(unit, future.exception())))
+
+    def _failure(self, unit: WorkUnit, exc: BaseException) -> TaskFailure:
+        if isinstance(exc, UnitFailed):
+            if exc.restart_worker and not self._closed.is_set():
+                self._restart_later([exc.restart_worker])
+            return exc.failure
+        if type(exc).__name__ == "KilledWorker":
+            message = (
+                f"the workers running task {unit.name!r} died {self.config.retries + 1} times "
+                f"(retries={self.config.retries}): {exc} (key {unit.key})"
+            )
+            error: TaskError = WorkerCrashedError(unit.key, unit.name, message)
+        else:
+            message = f"task {unit.name!r} failed in dask: {type(exc).__name__}: {exc}"
+            error = TaskError(unit.key, unit.name, message)
+        error.__cause__ = exc
+        return TaskFailure(unit.key, unit.name, exc, None, error=error)
+
+    def _restart_later(self, workers: list[str]) -> None:
+        """Restart workers without blocking distributed's callback thread."""
+
+        def restart() -> None:
+            try:
+                self.client.restart_workers(workers, raise_for_error=False)
+            except Exception as exc:  # noqa: BLE001 - a worker already gone is fine
+                logger.warning("orchestrix: could not restart %s: %s", workers, exc)
+
+        threading.Thread(target=restart, daemon=True).start()
+
+    # -- the stall watchdog -------------------------------------------------------------------
+
+    def _watch_stalls(self) -> None:
+        limit = self.config.task_timeout
+        while not self._closed.is_set():
+            self._progress.clear()
+            if self._progress.wait(limit) or self._closed.is_set():
+                continue  # something finished (or we close): all is well
+            with self._lock:
+                waiting = bool(self._futures)
+            if not waiting:
+                continue
+            self._stalls += 1
+            if self._stalls == 1:
+                logger.warning(
+                    "orchestrix: nothing finished for task_timeout=%s s; restarting the workers",
+                    limit,
+                )
+                workers = list(self.client.scheduler_info().get("workers", {}))
+                self._restart_later(workers)
+            else:
+                self._fail_stalled(limit)
+
+    def _fail_stalled(self, limit: float) -> None:
+        with self._lock:
+            entries = [e for group in self._futures.values() for e in group]
+            self._futures.clear()
+        self.client.cancel([future for future, _, _ in entries])
+        for _, unit, sink in entries:
+            message = (
+                f"no task finished for task_timeout={limit} s, twice, while task {unit.name!r} "
+                f"was waited for (key {unit.key})"
+            )
+            error = StallError(unit.key, unit.name, message)
+            sink(
+                UnitOutcome(
+                    unit, failure=TaskFailure(unit.key, unit.name, error, None, error=error)
+                )
+            )

@@ -1,0 +1,110 @@
+"""The local_dask mode: same semantics as multiprocessing, on a dask LocalCluster."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import orchestrix as ox
+from orchestrix.backends import AVAILABLE
+from tasks import inc, kill_worker_once, record, recorded, sleep_for
+
+pytestmark = pytest.mark.skipif("local_dask" not in AVAILABLE, reason="no local_dask backend")
+
+
+def cluster(**options):
+    return ox.Orchestrator(mode="local_dask", nb_workers=2, **options)
+
+
+def test_listens_on_localhost_only_and_no_dashboard_by_default():
+    import psutil
+
+    with cluster() as orch:
+        me = psutil.Process()
+        listening = [
+            c.laddr.ip
+            for p in [me, *me.children(recursive=True)]
+            for c in p.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN
+        ]
+        assert listening and set(listening) == {"127.0.0.1"}
+        client = orch._backend.client
+        assert client.scheduler.address.startswith("tcp://127.0.0.1:")
+        workers = client.scheduler_info()["workers"]
+        assert len(workers) == 2 and all(w.startswith("tcp://127.0.0.1:") for w in workers)
+        assert orch._backend.dashboard_link is None
+        assert all(w["nthreads"] == 1 for w in workers.values())
+
+
+def test_dashboard_binds_to_localhost_when_asked():
+    with cluster(activate_dashboard=True) as orch:
+        link = orch._backend.dashboard_link
+        assert link and "127.0.0.1" in link
+
+
+def test_per_job_timeout_fails_the_task_and_restarts_its_worker():
+    with cluster(per_job_timeout=1) as orch:
+        with pytest.raises(ox.TaskTimeoutError) as info:
+            orch.compute(sleep_for(30, "late"))
+        assert info.value.limit == 1
+        assert orch.compute(inc(1)) == 2
+
+
+def test_worker_killed_mid_task_is_replaced_and_the_run_completes(tmp_path):
+    marker = str(tmp_path / "killed")
+    with cluster(retries=2) as orch:
+        values = orch.compute([inc(kill_worker_once(marker, i)) for i in range(4)])
+    assert values == [1, 2, 3, 4]
+    assert os.path.exists(marker)
+
+
+def test_a_worker_dying_every_time_ends_in_worker_crashed_error():
+    import signal
+
+    from tasks import kill_self
+
+    with cluster(retries=1) as orch, pytest.raises(ox.WorkerCrashedError):
+        orch.compute(kill_self(signal.SIGKILL))
+
+
+def test_existing_client_is_used_and_left_running():
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as local,
+        Client(local) as client,
+    ):
+        with ox.Orchestrator(mode="local_dask", client=client) as orch:
+            assert orch.compute(inc(41)) == 42
+        assert client.status == "running"
+        assert client.submit(abs, -3).result() == 3
+
+
+def test_client_is_refused_outside_dask_modes():
+    with pytest.raises(ox.ConfigError, match="client"):
+        ox.Orchestrator(mode="sequential", client=object())
+
+
+def test_memory_logger_writes_one_file_per_worker(tmp_path):
+    with cluster(use_memory_logger=True, out_dir=str(tmp_path)) as orch:
+        orch.compute(sleep_for(1.5, 1))
+    files = sorted((tmp_path / "memory").glob("worker-*.csv"))
+    assert len(files) == 2
+    lines = files[0].read_text().splitlines()
+    assert lines[0] == "time,rss_mb" and len(lines) >= 2
+
+
+def test_fused_chain_is_one_dask_task(tmp_path):
+    log = str(tmp_path / "ran")
+    with cluster() as orch:
+        node = inc(inc(record(log, 1)))
+        assert orch.compute(node) == 3
+        assert len(orch._engine.plan([node])) == 1
+    assert recorded(log) == ["1"]
