@@ -10,6 +10,7 @@ import pytest
 
 import orchestrix as ox
 from orchestrix.backends import AVAILABLE
+from slurm import pbs_wrappers, slurm_running
 
 BACKENDS: dict[str, dict] = {"sequential": {"mode": "sequential"}}
 if "multiprocessing" in AVAILABLE:
@@ -23,6 +24,11 @@ if "multiprocessing" in AVAILABLE:
 
 if "local_dask" in AVAILABLE:
     BACKENDS["local_dask"] = {"mode": "local_dask", "nb_workers": 2}
+if "slurm_dask" in AVAILABLE and slurm_running():
+    _jobs = {"account": "ci", "nb_workers": 2, "max_ram_per_worker": 1000}
+    BACKENDS["slurm_dask"] = {"mode": "slurm_dask", **_jobs}
+    if pbs_wrappers():
+        BACKENDS["pbs_dask"] = {"mode": "pbs_dask", **_jobs}
 
 
 @pytest.fixture(params=list(BACKENDS))

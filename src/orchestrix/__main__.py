@@ -26,6 +26,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan.add_argument("--nb-workers", help="worker count (int or 'auto')")
     plan.add_argument("--max-ram-per-worker", type=_number, help="memory limit of a worker (MB)")
     plan.add_argument("--config", help="a JSON or YAML config file (flags override it)")
+    for key in ("account", "walltime", "queue", "qos", "out-dir"):
+        plan.add_argument(f"--{key}", help=f"{key} (cluster modes)")
     args = parser.parse_args(argv)
     try:
         return _plan(args) if args.command == "plan" else _demo(args)
@@ -75,6 +77,9 @@ def _plan(args: argparse.Namespace) -> int:
         )
     if args.max_ram_per_worker is not None:
         options["max_ram_per_worker"] = args.max_ram_per_worker
+    for key in ("account", "walltime", "queue", "qos", "out_dir"):
+        if getattr(args, key) is not None:
+            options[key] = getattr(args, key)
     config = parse_config(options)
     facts = read_machine_facts()
     resolved, reasons = resolve_pool_config(config, facts)
@@ -83,6 +88,12 @@ def _plan(args: argparse.Namespace) -> int:
     for key, value in resolved.to_dict().items():
         line = f"{key} = {json.dumps(value)}"
         print(f"{line}  # {reasons[key]}" if key in reasons else line)
+    if config.mode in ("slurm_dask", "pbs_dask"):
+        from .backends.jobqueue import job_script  # dask only for the cluster modes
+
+        jobs = getattr(config, "nb_workers", "?")
+        print(f"\n# the job script each of the {jobs} worker jobs runs (not submitted):")
+        print(job_script(config))
     return 0
 
 

@@ -270,6 +270,30 @@ class _JobqueueConfig(_DaskConfig):
     qos: str | None = _key(
         None, "a QoS name (str) or None", _optional(_is_str), "batch quality of service"
     )
+    queue: str | None = _key(
+        None, "a queue or partition name (str) or None", _optional(_is_str), "batch queue"
+    )
+    cores: int = _key(1, "a positive int", _positive_int, "cores per worker job")
+    job_extra: tuple[str, ...] = _key(
+        (),
+        "a list of strings",
+        lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v),
+        "extra scheduler directives for the job script, e.g. ['--constraint=skylake']",
+    )
+    interface: str | None = _key(
+        None,
+        "a network interface name (str) or None",
+        _optional(_is_str),
+        "interface the scheduler and workers use (None: the hostname's address)",
+    )
+    security: bool = _key(
+        True, "a bool", _is_bool, "TLS with temporary certificates between scheduler and workers"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.job_extra, list):
+            object.__setattr__(self, "job_extra", tuple(self.job_extra))
 
 
 @dataclass(frozen=True)

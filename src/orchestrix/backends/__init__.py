@@ -16,6 +16,8 @@ AVAILABLE: dict[str, str] = {
     "multiprocessing": "orchestrix.backends.multiprocessing:MultiprocessingBackend",
     "auto": "orchestrix.backends.multiprocessing:MultiprocessingBackend",
     "local_dask": "orchestrix.backends.local_dask:DaskBackend",
+    "slurm_dask": "orchestrix.backends.jobqueue:JobqueueBackend",
+    "pbs_dask": "orchestrix.backends.jobqueue:JobqueueBackend",
 }
 
 

@@ -1,0 +1,176 @@
+"""slurm_dask and pbs_dask: job scripts (no scheduler needed) and runs on a real SLURM."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+import orchestrix as ox
+from orchestrix.backends.jobqueue import job_script, worker_lifetime
+from orchestrix.config import parse_config
+from slurm import SKIP_REASON, pbs_wrappers, queued_jobs, slurm_running
+from tasks import fail, inc, sleep_for
+
+
+def test_slurm_job_script_carries_the_configuration(tmp_path):
+    config = parse_config(
+        mode="slurm_dask",
+        account="proj42",
+        walltime="01:00:00",
+        max_ram_per_worker=3000,
+        qos="short",
+        queue="debug",
+        job_extra=["--constraint=skylake"],
+        cores=2,
+        out_dir=str(tmp_path),
+    )
+    script = job_script(config)
+    for line in (
+        "#SBATCH -A proj42",
+        "#SBATCH -t 01:00:00",
+        "#SBATCH -p debug",
+        "#SBATCH --qos=short",
+        "#SBATCH --constraint=skylake",
+        "#SBATCH --cpus-per-task=2",
+    ):
+        assert line in script
+    assert f"{tmp_path}/workers_log/" in script
+    assert "--protocol tls://" in script and "--tls-key" in script
+    assert "--lifetime 3300s" in script  # retires 5 min before the walltime
+    assert sys.executable in script
+    assert "ib0" not in script and "5000" not in script and "7000" not in script
+    assert not list(tmp_path.glob(".orchestrix-tls-*"))  # certificates removed afterwards
+
+
+def test_pbs_job_script_and_security_off_warns(tmp_path):
+    config = parse_config(
+        mode="pbs_dask", account="p9", walltime="00:10:00", security=False, out_dir=str(tmp_path)
+    )
+    script = job_script(config)
+    assert "#PBS -A p9" in script and "#PBS -l walltime=00:10:00" in script
+    assert "tls" not in script
+    with pytest.warns(RuntimeWarning, match="security=False"):
+        from orchestrix.backends.jobqueue import JobqueueBackend
+
+        backend = JobqueueBackend(config)
+        cluster = backend.make_cluster()
+        cluster.close()
+        backend.close()
+
+
+def test_worker_lifetime_leaves_a_margin_before_the_walltime():
+    assert worker_lifetime("01:00:00") == (3300, 150)
+    assert worker_lifetime("00:01:00") == (48, 6)
+    assert worker_lifetime("48:00:00") == (172500, 150)
+
+
+def test_plan_prints_the_job_script_without_submitting(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orchestrix",
+            "plan",
+            "--mode",
+            "slurm_dask",
+            "--account",
+            "abc",
+            "--out-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "#SBATCH -A abc" in result.stdout and "dask_worker" in result.stdout
+
+
+def test_slurm_requires_an_account():
+    with pytest.raises(ox.ConfigError, match="'account' is required"):
+        parse_config(mode="slurm_dask")
+
+
+# -- on a real SLURM --------------------------------------------------------------------------
+
+needs_slurm = pytest.mark.skipif(not slurm_running(), reason=SKIP_REASON)
+
+
+def _cluster(mode="slurm_dask", **options):
+    base = {
+        "mode": mode,
+        "account": "ci",
+        "nb_workers": 2,
+        "max_ram_per_worker": 1000,
+        "walltime": "00:10:00",
+    }
+    return ox.Orchestrator(**{**base, **options})
+
+
+def _wait_for_empty_queue(seconds=30):
+    deadline = time.monotonic() + seconds
+    while queued_jobs() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return queued_jobs()
+
+
+@needs_slurm
+@pytest.mark.slurm
+def test_tls_is_required_to_connect(tmp_path):
+    from distributed import Client
+
+    with _cluster(out_dir=str(tmp_path)) as orch:
+        address = orch._backend.client.scheduler.address
+        assert address.startswith("tls://")
+        with pytest.raises((OSError, TimeoutError, ValueError, TypeError)):
+            Client(address, timeout=5)  # no certificates: refused
+        with pytest.raises((OSError, TimeoutError)):
+            Client(address.replace("tls://", "tcp://"), timeout=5)
+        assert orch.compute(inc(1)) == 2
+
+
+@needs_slurm
+@pytest.mark.slurm
+def test_queue_is_empty_after_close_and_after_an_exception(tmp_path):
+    with _cluster(out_dir=str(tmp_path)) as orch:
+        assert orch.compute(inc(1)) == 2
+        assert queued_jobs()
+    assert _wait_for_empty_queue() == []
+    with pytest.raises(ox.TaskError), _cluster(out_dir=str(tmp_path)) as orch:
+        orch.compute(fail())
+    assert _wait_for_empty_queue() == []
+    assert list((tmp_path / "workers_log").glob("*.err"))  # job logs land in out_dir
+
+
+@needs_slurm
+@pytest.mark.slurm
+def test_a_cancelled_worker_job_is_replaced_and_the_run_completes(tmp_path):
+    with _cluster(out_dir=str(tmp_path)) as orch:
+        assert orch.compute(inc(1)) == 2
+        running = orch.as_completed([sleep_for(2, i) for i in range(12)])
+        first = next(running)
+        job = queued_jobs()[0].split()[0]
+        subprocess.run(["scancel", job], check=True)
+        rest = list(running)
+    assert sorted([first, *rest]) == [(i, i) for i in range(12)]
+
+
+@needs_slurm
+@pytest.mark.slurm
+def test_a_run_longer_than_the_walltime_completes(tmp_path):
+    # walltime 1 min: workers retire after 48 s and replacement jobs take over
+    with _cluster(out_dir=str(tmp_path), walltime="00:01:00") as orch:
+        values = orch.compute([sleep_for(4, i) for i in range(40)])
+    assert values == list(range(40))
+
+
+@needs_slurm
+@pytest.mark.slurm
+@pytest.mark.skipif(not pbs_wrappers(), reason="no PBS-style qsub/qdel/qstat (slurm-wlm-torque)")
+def test_pbs_dask_runs_through_the_pbs_commands(tmp_path):
+    with _cluster(mode="pbs_dask", out_dir=str(tmp_path)) as orch:
+        assert orch.compute([inc(i) for i in range(10)]) == list(range(1, 11))
+    assert _wait_for_empty_queue() == []
