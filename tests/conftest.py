@@ -38,7 +38,10 @@ def options(request: pytest.FixtureRequest) -> dict:
 
 
 @pytest.fixture
-def orch(options: dict):
+def orch(options: dict, tmp_path, monkeypatch):
+    if options["mode"] == "pbs_dask":
+        # Debian's qsub wrapper writes job output into the current directory, whatever #PBS -o says
+        monkeypatch.chdir(tmp_path)
     with ox.Orchestrator(**options) as orchestrator:
         yield orchestrator
 

@@ -120,15 +120,26 @@ def _wait_for_empty_queue(seconds=30):
 @needs_slurm
 @pytest.mark.slurm
 def test_tls_is_required_to_connect(tmp_path):
-    from distributed import Client
+    import asyncio
+
+    from distributed.comm import connect
+    from distributed.security import Security
+
+    async def handshake(address, security):
+        comm = await connect(address, timeout=5, **security.get_connection_args("client"))
+        try:
+            await comm.write({"op": "identity"})
+            return await comm.read()
+        finally:
+            comm.abort()
 
     with _cluster(out_dir=str(tmp_path)) as orch:
         address = orch._backend.client.scheduler.address
         assert address.startswith("tls://")
-        with pytest.raises((OSError, TimeoutError, ValueError, TypeError)):
-            Client(address, timeout=5)  # no certificates: refused
-        with pytest.raises((OSError, TimeoutError)):
-            Client(address.replace("tls://", "tcp://"), timeout=5)
+        assert asyncio.run(handshake(address, orch._backend.security()))["type"] == "Scheduler"
+        for wrong in (address, address.replace("tls://", "tcp://")):
+            with pytest.raises((OSError, TimeoutError, ValueError, TypeError)):
+                asyncio.run(handshake(wrong, Security()))  # no certificates: refused
         assert orch.compute(inc(1)) == 2
 
 
@@ -170,7 +181,10 @@ def test_a_run_longer_than_the_walltime_completes(tmp_path):
 @needs_slurm
 @pytest.mark.slurm
 @pytest.mark.skipif(not pbs_wrappers(), reason="no PBS-style qsub/qdel/qstat (slurm-wlm-torque)")
-def test_pbs_dask_runs_through_the_pbs_commands(tmp_path):
+def test_pbs_dask_runs_through_the_pbs_commands(tmp_path, monkeypatch):
+    monkeypatch.chdir(
+        tmp_path
+    )  # Debian's qsub wrapper writes job output into the current directory
     with _cluster(mode="pbs_dask", out_dir=str(tmp_path)) as orch:
         assert orch.compute([inc(i) for i in range(10)]) == list(range(1, 11))
     assert _wait_for_empty_queue() == []

@@ -11,7 +11,6 @@ every job this orchestrator submitted.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import shutil
@@ -55,9 +54,10 @@ class JobqueueBackend(DaskBackend):
         return self.cluster.security if self.cluster is not None else None
 
     def close(self) -> None:
+        cluster = self.cluster
         super().close()  # closing the cluster cancels its jobs
         self.cluster = None
-        _remove_cert_dir(self._cert_dir)
+        _remove_cert_dir(cluster, self._cert_dir)
 
 
 def cluster_class(mode: str) -> Any:
@@ -114,24 +114,25 @@ def worker_lifetime(walltime: str) -> tuple[int, int]:
 def job_script(config: Any) -> str:
     """The job script that the cluster would submit (a scheduler starts, nothing is submitted)."""
     cert_dir = _private_dir(config.out_dir)
+    cluster = None
     try:
         cluster = cluster_class(config.mode)(**cluster_options(config, cert_dir))
         try:
             return str(cluster.job_script())
         finally:
             cluster.close()
-            del cluster
     finally:
-        _remove_cert_dir(cert_dir)
+        _remove_cert_dir(cluster, cert_dir)
 
 
-def _remove_cert_dir(cert_dir: str | None) -> None:
-    """Remove the certificates' directory once the cluster that holds them open is gone (its
-    temporary files delete themselves when collected)."""
-    if cert_dir is None:
-        return
-    gc.collect()
-    shutil.rmtree(cert_dir, ignore_errors=True)
+def _remove_cert_dir(cluster: Any, cert_dir: str | None) -> None:
+    """Remove the certificates' directory. dask-jobqueue keeps the certificate files open as
+    temporary files on the cluster object (``_job_<key>``); closing them deletes them."""
+    for name, value in list(vars(cluster).items()) if cluster is not None else ():
+        if name.startswith("_job_") and hasattr(value, "close"):
+            value.close()
+    if cert_dir is not None:
+        shutil.rmtree(cert_dir, ignore_errors=True)
 
 
 def _private_dir(out_dir: str | None) -> str:
