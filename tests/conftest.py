@@ -4,6 +4,7 @@ of the multiprocessing backend), and no test may leave a process behind."""
 from __future__ import annotations
 
 import multiprocessing
+import os
 
 import psutil
 import pytest
@@ -25,6 +26,9 @@ if "multiprocessing" in AVAILABLE:
 if "local_dask" in AVAILABLE:
     BACKENDS["local_dask"] = {"mode": "local_dask", "nb_workers": 2}
 if "slurm_dask" in AVAILABLE and slurm_running():
+    # Worker jobs inherit the environment: let them import the tests' task module.
+    _tests = os.path.dirname(os.path.abspath(__file__))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_tests, os.environ.get("PYTHONPATH")]))
     _jobs = {"account": "ci", "nb_workers": 2, "max_ram_per_worker": 1000}
     BACKENDS["slurm_dask"] = {"mode": "slurm_dask", **_jobs}
     if pbs_wrappers():
@@ -32,16 +36,16 @@ if "slurm_dask" in AVAILABLE and slurm_running():
 
 
 @pytest.fixture(params=list(BACKENDS))
-def options(request: pytest.FixtureRequest) -> dict:
+def options(request: pytest.FixtureRequest, tmp_path, monkeypatch) -> dict:
     """Orchestrator options of one backend."""
+    if BACKENDS[request.param]["mode"] == "pbs_dask":
+        # Debian's qsub wrapper writes job output into the current directory, whatever #PBS -o says
+        monkeypatch.chdir(tmp_path)
     return dict(BACKENDS[request.param])
 
 
 @pytest.fixture
-def orch(options: dict, tmp_path, monkeypatch):
-    if options["mode"] == "pbs_dask":
-        # Debian's qsub wrapper writes job output into the current directory, whatever #PBS -o says
-        monkeypatch.chdir(tmp_path)
+def orch(options: dict):
     with ox.Orchestrator(**options) as orchestrator:
         yield orchestrator
 

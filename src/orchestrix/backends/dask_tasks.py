@@ -6,8 +6,10 @@ Kept apart from the backend so that a worker imports only this and ``orchestrix.
 from __future__ import annotations
 
 import os
+import pickle
 import threading
 import time
+import traceback
 from typing import Any
 
 from distributed import WorkerPlugin
@@ -19,12 +21,37 @@ from ..factorize import WorkUnit
 __all__ = ["MemoryLogger", "run_unit_task"]
 
 
-def run_unit_task(unit: WorkUnit, timeout: float | None, *values: Any) -> Any:
-    """A dask task: run ``unit`` with its dependencies' values (in ``unit.deps`` order).
+class Label:
+    """The key and name of a unit, opaque to dask (a bare key string in a task's arguments would
+    be taken for a dependency)."""
 
-    A failing task raises :class:`UnitFailed`, so that dask does not run its dependents and the
-    error that reaches the caller names the task that failed first.
+    __slots__ = ("key", "name")
+
+    def __init__(self, key: str, name: str) -> None:
+        self.key, self.name = key, name
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Label, (self.key, self.name))
+
+
+def run_unit_task(label: Label, payload: bytes, timeout: float | None, *values: Any) -> Any:
+    """A dask task: run the pickled unit with its dependencies' values (in ``unit.deps`` order).
+
+    The unit travels pickled so that a worker that cannot load it (a module missing on the
+    cluster) fails this task with a clear error, instead of losing its connection to the
+    scheduler while decoding the message. A failing task raises :class:`UnitFailed`, so that
+    dask does not run its dependents and the caller learns which task failed first.
     """
+    try:
+        unit: WorkUnit = pickle.loads(payload)
+    except Exception as exc:  # noqa: BLE001 - typically a module the workers cannot import
+        error = RuntimeError(
+            f"a worker could not load task {label.name!r}: {type(exc).__name__}: {exc}; its "
+            "code must be importable on the workers (install it there or put it on PYTHONPATH)"
+        )
+        raise UnitFailed(
+            TaskFailure(label.key, label.name, error, traceback.format_exc())
+        ) from None
     inputs = dict(zip(unit.deps, values, strict=True))
     if timeout is None:
         outcome = run_unit(unit, inputs, remote=True)

@@ -24,8 +24,9 @@ from typing import Any
 from ..errors import StallError, TaskError, WorkerCrashedError
 from ..execute import TaskFailure, UnitFailed, UnitOutcome
 from ..factorize import WorkUnit
+from ..transfer import dumps_work
 from .base import Backend, Sink
-from .dask_tasks import MemoryLogger, run_unit_task
+from .dask_tasks import Label, MemoryLogger, run_unit_task
 
 __all__ = ["DaskBackend"]
 
@@ -132,7 +133,7 @@ class DaskBackend(Backend):
 
     def submit_graph(self, units: list[WorkUnit], targets: list[str], sink: Sink) -> int:
         timeout = self.config.per_job_timeout
-        graph = {unit.key: (run_unit_task, unit, timeout, *unit.deps) for unit in units}
+        graph = {unit.key: (run_unit_task, *_packed(unit), timeout, *unit.deps) for unit in units}
         futures = self.client.get(graph, targets, sync=False)
         by_key = {unit.key: unit for unit in units}
         return self._watch(list(zip((by_key[key] for key in targets), futures, strict=True)), sink)
@@ -140,7 +141,7 @@ class DaskBackend(Backend):
     def submit(self, unit: WorkUnit, inputs: Mapping[str, Any], sink: Sink) -> int:
         values = [inputs[dep] for dep in unit.deps]
         future = self.client.submit(
-            run_unit_task, unit, self.config.per_job_timeout, *values, pure=False
+            run_unit_task, *_packed(unit), self.config.per_job_timeout, *values, pure=False
         )
         return self._watch([(unit, future)], sink)
 
@@ -245,3 +246,7 @@ class DaskBackend(Backend):
                     unit, failure=TaskFailure(unit.key, unit.name, error, None, error=error)
                 )
             )
+
+
+def _packed(unit: WorkUnit) -> tuple[Label, bytes]:
+    return Label(unit.key, unit.name), dumps_work(unit)
