@@ -108,3 +108,20 @@ def test_fused_chain_is_one_dask_task(tmp_path):
         assert orch.compute(node) == 3
         assert len(orch._engine.plan([node])) == 1
     assert recorded(log) == ["1"]
+
+
+def test_scheduler_address_connects_to_a_running_scheduler():
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+    ) as local:
+        with ox.Orchestrator(mode="local_dask", scheduler_address=local.scheduler_address) as orch:
+            assert orch.compute(inc(1)) == 2
+        assert local.status.name == "running"
+
+
+def test_stall_watchdog_restarts_once_then_raises():
+    stalling = cluster(per_job_timeout=None, task_timeout=1, retries=5)
+    with stalling as orch, pytest.raises(ox.StallError, match="task_timeout=1"):
+        orch.compute(sleep_for(60, 1))
