@@ -110,3 +110,10 @@ def test_demo_results_do_not_depend_on_fusion():
         ox.Orchestrator(mode="sequential", factorize_tasks=False) as plain,
     ):
         assert fused.compute(graph) == plain.compute(graph)
+
+
+def test_notebook_representation_names_mode_and_workers():
+    with ox.Orchestrator(mode="multiprocessing", nb_workers=2) as orch:
+        page = orch._repr_html_()
+        assert "multiprocessing" in page and "nb_workers" in page and "dump_dir" in page
+        assert orch.dashboard_link is None

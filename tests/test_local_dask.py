@@ -125,3 +125,9 @@ def test_stall_watchdog_restarts_once_then_raises():
     stalling = cluster(per_job_timeout=None, task_timeout=1, retries=5)
     with stalling as orch, pytest.raises(ox.StallError, match="task_timeout=1"):
         orch.compute(sleep_for(60, 1))
+
+
+def test_notebook_representation_shows_the_dashboard_link():
+    with cluster(activate_dashboard=True) as orch:
+        page = orch._repr_html_()
+        assert "local_dask" in page and orch.dashboard_link in page and "<a href=" in page

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import html
 import itertools
 import json
 import os
@@ -173,6 +174,31 @@ class Orchestrator(Executor):
         state = "closed" if self._closed else "open"
         return f"<Orchestrator mode={self.config.mode!r} {state}>"
 
+    @property
+    def dashboard_link(self) -> str | None:
+        """The dask dashboard's URL (dask modes with ``activate_dashboard``), else None."""
+        return getattr(self._backend, "dashboard_link", None)
+
+    def _repr_html_(self) -> str:
+        """What Jupyter shows for an orchestrator: its mode, workers and where things are."""
+        rows = [("mode", self.config.mode), ("state", "closed" if self._closed else "open")]
+        for key in ("nb_workers", "max_ram_per_worker", "out_dir"):
+            value = getattr(self.config, key, None)
+            if value is not None:
+                suffix = " MB" if key == "max_ram_per_worker" else ""
+                rows.append((key, f"{value}{suffix}"))
+        dump_dir = getattr(self._backend, "dump_dir", None)
+        if dump_dir:
+            rows.append(("dump_dir", dump_dir))
+        cells = [_html_row(key, html.escape(str(value))) for key, value in rows]
+        link = self.dashboard_link
+        if link:
+            escaped = html.escape(link)
+            cells.append(
+                _html_row("dashboard", f"<a href='{escaped}' target='_blank'>{escaped}</a>")
+            )
+        return f"<table><caption>orchestrix Orchestrator</caption>{''.join(cells)}</table>"
+
     # -- internals ---------------------------------------------------------------------------
 
     def _submit_call(
@@ -243,6 +269,10 @@ class Orchestrator(Executor):
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("cannot schedule new work after the orchestrator was closed")
+
+
+def _html_row(key: str, cell_html: str) -> str:
+    return f"<tr><th style='text-align:left'>{html.escape(key)}</th><td>{cell_html}</td></tr>"
 
 
 def _refuse_unbuilt_features(config: Config) -> None:
