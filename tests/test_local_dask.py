@@ -131,3 +131,15 @@ def test_notebook_representation_shows_the_dashboard_link():
     with cluster(activate_dashboard=True) as orch:
         page = orch._repr_html_()
         assert "local_dask" in page and orch.dashboard_link in page and "<a href=" in page
+
+
+def test_intermediate_progress_is_not_a_stall():
+    # One target at the end of a chain of 0.6 s steps: for ~4 s only intermediate tasks finish,
+    # longer than task_timeout=1 twice over; the watchdog must count them as progress.
+    from tasks import sleep_for as step
+
+    with cluster(per_job_timeout=None, task_timeout=1, factorize_tasks=False) as orch:
+        node = step(0.6, 0)
+        for _ in range(6):
+            node = step(0.6, inc(node))
+        assert orch.compute(node) == 6

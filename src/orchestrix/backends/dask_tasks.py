@@ -12,13 +12,13 @@ import time
 import traceback
 from typing import Any
 
-from distributed import WorkerPlugin
+from distributed import SchedulerPlugin, WorkerPlugin
 
 from ..errors import TaskTimeoutError
 from ..execute import TaskFailure, UnitFailed, UnitOutcome, portable_failure, run_unit
 from ..factorize import WorkUnit
 
-__all__ = ["MemoryLogger", "run_unit_task"]
+__all__ = ["CompletionCounter", "Label", "MemoryLogger", "completed_count", "run_unit_task"]
 
 
 class Label:
@@ -126,3 +126,23 @@ class MemoryLogger(WorkerPlugin):
                 rss = process.memory_info().rss / 2**20
                 stream.write(f"{time.time():.3f},{rss:.1f}\n")
                 stream.flush()
+
+
+class CompletionCounter(SchedulerPlugin):
+    """A scheduler plugin: counts tasks that finished (processing -> memory), for the stall
+    watchdog. Restarts and reschedulings also change task states; they are not progress."""
+
+    name = "orchestrix-completions"
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+        if start == "processing" and finish == "memory":
+            self.count += 1
+
+
+def completed_count(dask_scheduler: Any) -> int:
+    """Run on the scheduler: tasks finished so far (-1 without the plugin)."""
+    plugin = dask_scheduler.plugins.get(CompletionCounter.name)
+    return plugin.count if plugin is not None else -1

@@ -26,7 +26,7 @@ from ..execute import TaskFailure, UnitFailed, UnitOutcome
 from ..factorize import WorkUnit
 from ..transfer import dumps_work
 from .base import Backend, Sink
-from .dask_tasks import Label, MemoryLogger, run_unit_task
+from .dask_tasks import CompletionCounter, Label, MemoryLogger, completed_count, run_unit_task
 
 __all__ = ["DaskBackend"]
 
@@ -51,6 +51,7 @@ class DaskBackend(Backend):
         self._progress = threading.Event()
         self._closed = threading.Event()
         self._stalls = 0
+        self._completed = -1
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -72,6 +73,10 @@ class DaskBackend(Backend):
             directory = os.path.join(os.path.abspath(self.config.out_dir), "memory")
             self.client.register_plugin(MemoryLogger(directory), name=MemoryLogger.name)
         if self.config.task_timeout is not None:
+            try:
+                self.client.register_plugin(CompletionCounter(), name=CompletionCounter.name)
+            except Exception as exc:  # noqa: BLE001 - e.g. a remote scheduler without orchestrix
+                logger.warning("orchestrix: stall watchdog sees results only: %s", exc)
             threading.Thread(
                 target=self._watch_stalls, name="orchestrix-dask-watchdog", daemon=True
             ).start()
@@ -214,11 +219,13 @@ class DaskBackend(Backend):
         while not self._closed.is_set():
             self._progress.clear()
             if self._progress.wait(limit) or self._closed.is_set():
-                continue  # something finished (or we close): all is well
+                self._stalls = 0
+                continue  # a result arrived (or we close): all is well
             with self._lock:
                 waiting = bool(self._futures)
-            if not waiting:
-                continue
+            if not waiting or self._scheduler_moved():
+                self._stalls = 0
+                continue  # intermediate tasks are finishing: not a stall
             self._stalls += 1
             if self._stalls == 1:
                 logger.warning(
@@ -229,6 +236,16 @@ class DaskBackend(Backend):
                 self._restart_later(workers)
             else:
                 self._fail_stalled(limit)
+
+    def _scheduler_moved(self) -> bool:
+        """Did any task (intermediate ones included) finish since the last look?"""
+        try:
+            counter = self.client.run_on_scheduler(completed_count)
+        except Exception:  # noqa: BLE001 - an unreachable scheduler is no progress
+            return False
+        moved = counter != self._completed
+        self._completed = counter
+        return bool(moved)
 
     def _fail_stalled(self, limit: float) -> None:
         with self._lock:
