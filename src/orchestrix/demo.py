@@ -100,7 +100,8 @@ def run_demo(size: int = 2048, tile: int = 256, **options: Any) -> dict[str, Any
     start = time.perf_counter()
     with Orchestrator(**options) as orch:
         summary = orch.compute(build(size, tile))
-        mode = orch.config.mode
+        workers = getattr(orch.config, "nb_workers", None)
+        mode = orch.config.mode if workers is None else f"{orch.config.mode}, {workers} workers"
     summary["wall_seconds"] = time.perf_counter() - start
     summary["mode"] = mode
     summary["tasks"] = 4 * len(windows(size, tile)) + 1
