@@ -89,15 +89,13 @@ def raise_on(x, bad):
 @ox.task
 def record(path, value):
     """Appends ``value`` to the file at ``path``: counts executions across processes."""
-    with open(path, "a") as stream:
-        stream.write(f"{value}\n")
+    _append(path, value)
     return value
 
 
 @ox.task(pure=False)
 def record_impure(path, value):
-    with open(path, "a") as stream:
-        stream.write(f"{value}\n")
+    _append(path, value)
     return value
 
 
@@ -122,8 +120,7 @@ def exit_with(code, log=None):
     import os
 
     if log:
-        with open(log, "a") as stream:
-            stream.write("x\n")
+        _append(log, "x")
     os._exit(code)
 
 
@@ -132,8 +129,7 @@ def kill_self(signal_number, log=None):
     import os
 
     if log:
-        with open(log, "a") as stream:
-            stream.write("x\n")
+        _append(log, "x")
     os.kill(os.getpid(), signal_number)
 
 
@@ -160,8 +156,7 @@ def allocate(megabytes, log=None):
     import time
 
     if log:
-        with open(log, "a") as stream:
-            stream.write("x\n")
+        _append(log, "x")
     block = np.ones(megabytes * 2**20 // 8)
     time.sleep(2)
     return float(block[0])
@@ -185,8 +180,7 @@ def record_slowly(path, value, seconds=0.01):
     import time
 
     time.sleep(seconds)
-    with open(path, "a") as stream:
-        stream.write(f"{value}\n")
+    _append(path, value)
     return value
 
 
@@ -200,3 +194,9 @@ def kill_worker_once(marker, value):
         open(marker, "w").close()
         os.kill(os.getpid(), signal.SIGKILL)
     return value
+
+
+def _append(path, value):
+    """One line per call, so that tests can count executions across processes."""
+    with open(path, "a") as stream:
+        stream.write(f"{value}\n")
