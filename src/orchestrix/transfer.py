@@ -59,47 +59,33 @@ class _WorkPickler(pickle.Pickler):
     # dicts...): cheap, unlike a pure-Python pickler.
     def reducer_override(self, obj: Any) -> Any:
         kind = type(obj)
-        if kind is types.FunctionType:
-            reference = _task_function_reference(obj)
-            if reference is not None:
-                return reference
-            if not _importable(obj):
-                return (_load_by_value, (cloudpickle.dumps(obj, protocol=5),))
-        elif kind is type and not _importable(obj):
-            return (_load_by_value, (cloudpickle.dumps(obj, protocol=5),))
-        return NotImplemented
+        if kind is not types.FunctionType and kind is not type:
+            return NotImplemented
+        found = _find_by_name(obj)
+        if found is obj:
+            return NotImplemented  # importable: pickle names it
+        if isinstance(found, TaskFunction) and found.func is obj:
+            # @ox.task put a TaskFunction under the function's name: name that, unwrap it there
+            return (_load_task_function, (obj.__module__, obj.__qualname__))
+        return (_load_by_value, (cloudpickle.dumps(obj, protocol=5),))
 
 
-def _importable(obj: Any) -> bool:
-    """Can another process find ``obj`` by its module and qualified name?
+def _find_by_name(obj: Any) -> Any:
+    """What another process finds under ``obj``'s module and qualified name (None: nothing).
 
     Workers never import the caller's ``__main__`` (see mp_pool), so its objects go by value."""
     module_name = getattr(obj, "__module__", None)
     qualname = getattr(obj, "__qualname__", "")
     if not module_name or module_name == "__main__" or "<" in qualname:
-        return False
+        return None
     target: Any = sys.modules.get(module_name)
     for part in qualname.split("."):
         target = getattr(target, part, None)
-    return target is obj
+    return target
 
 
 def _load_by_value(data: bytes) -> Any:
     return cloudpickle.loads(data)
-
-
-def _task_function_reference(func: types.FunctionType) -> tuple[Any, ...] | None:
-    """``@ox.task`` replaces a module's function by a TaskFunction, so plain pickle cannot find the
-    function by name; name the TaskFunction instead, and unwrap it on the other side."""
-    module_name = getattr(func, "__module__", None)
-    if not module_name or module_name == "__main__" or "<" in func.__qualname__:
-        return None
-    target: Any = sys.modules.get(module_name)
-    for part in func.__qualname__.split("."):
-        target = getattr(target, part, None)
-    if isinstance(target, TaskFunction) and target.func is func:
-        return (_load_task_function, (module_name, func.__qualname__))
-    return None
 
 
 def _load_task_function(module_name: str, qualname: str) -> Any:
