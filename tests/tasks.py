@@ -200,3 +200,64 @@ def _append(path, value):
     """One line per call, so that tests can count executions across processes."""
     with open(path, "a") as stream:
         stream.write(f"{value}\n")
+
+
+# -- observing runs (logs, timing, profiling) ---------------------------------------------------
+
+_kept: list[bytes] = []
+
+
+@ox.task
+def chatty(i):
+    """Logs one line (with its logger) and warns once per call."""
+    import logging
+    import warnings
+
+    logging.getLogger("tests.chatty").warning("chatty task %d says hello", i)
+    warnings.warn(f"chatty task {i} warns", UserWarning, stacklevel=1)
+    return i
+
+
+@ox.task
+def nap(seconds, tag=None):
+    import time
+
+    time.sleep(seconds)
+    return tag
+
+
+@ox.task
+def spin(seconds):
+    """Busy for ``seconds`` of CPU time."""
+    import time
+
+    end = time.thread_time() + seconds
+    count = 0
+    while time.thread_time() < end:
+        count += 1
+    return count
+
+
+@ox.task
+def hog(megabytes, seconds=0.0):
+    """Touches ``megabytes`` of memory, frees it, then naps."""
+    import time
+
+    block = np.ones(megabytes * 2**20 // 8)
+    block += 1
+    del block
+    time.sleep(seconds)
+    return megabytes
+
+
+@ox.task
+def leaky(megabytes):
+    """Keeps ``megabytes`` more memory alive at each call: a leak."""
+    _kept.append(b"\x01" * (megabytes * 2**20))
+    return len(_kept)
+
+
+@ox.task
+def tidy(megabytes):
+    block = bytearray(megabytes * 2**20)
+    return len(block)

@@ -28,8 +28,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan.add_argument("--config", help="a JSON or YAML config file (flags override it)")
     for key in ("account", "walltime", "queue", "qos", "out-dir"):
         plan.add_argument(f"--{key}", help=f"{key} (cluster modes)")
+    profile = commands.add_parser("profile", help="summarize the profiles a run wrote")
+    profile.add_argument("out_dir", metavar="OUT_DIR", help="the run's out_dir")
+    report = commands.add_parser("report", help="write the HTML report of a run's run.json")
+    report.add_argument("out_dir", metavar="OUT_DIR", help="the run's out_dir")
+    report.add_argument("-o", "--output", help="where to write it (default OUT_DIR/report.html)")
     args = parser.parse_args(argv)
     try:
+        if args.command == "profile":
+            return _profile(args)
+        if args.command == "report":
+            return _report(args)
         return _plan(args) if args.command == "plan" else _demo(args)
     except OrchestrixError as exc:
         print(f"orchestrix: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -48,6 +57,24 @@ def _demo(args: argparse.Namespace) -> int:
         options["out_dir"] = args.out_dir
     summary = run_demo(args.size, args.tile, **options)
     print(format_summary(summary, args.size, args.tile))
+    return 0
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from .profiles import summarize_profiles
+
+    for path in summarize_profiles(args.out_dir):
+        print(path)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    import os
+
+    from .report import load_run_data, write_report
+
+    data = load_run_data(args.out_dir)  # before choosing a path: no report without a run
+    print(write_report(data, args.output or os.path.join(args.out_dir, "report.html")))
     return 0
 
 

@@ -146,6 +146,12 @@ class Config:
         _profiling,
         "per-task profiling",
     )
+    progress: bool | None = _key(
+        None,
+        "a bool or None",
+        _optional(_is_bool),
+        "progress bar (None: only when the output is a terminal or a notebook)",
+    )
 
     MODE: ClassVar[str] = ""
 
@@ -157,6 +163,11 @@ class Config:
         if isinstance(self.profiling, Mapping):
             object.__setattr__(self, "profiling", _build_profiling(self.profiling))
         _check_fields(self, "", self.mode)
+        if self.profiling.mode != "timing" and self.out_dir is None:
+            raise ConfigError(
+                f"key 'profiling' asks for {self.profiling.mode!r} profiling, which writes files: "
+                "set 'out_dir' too"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as plain JSON-serialisable data (the input format)."""

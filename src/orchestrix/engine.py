@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .backends.base import Backend
@@ -39,16 +39,24 @@ class Engine:
             return factorize(graph, {t.key for t in targets})
         return one_unit_per_task(graph)
 
-    def run(self, targets: Sequence[Delayed]) -> Iterator[tuple[int, Any]]:
+    def run(
+        self,
+        targets: Sequence[Delayed],
+        watch: Callable[[list[WorkUnit]], Callable[[], None] | None] | None = None,
+    ) -> Iterator[tuple[int, Any]]:
         """Yield ``(position in targets, value)`` as each target finishes.
 
         Raises the :class:`TaskError` of the first target that fails (a target downstream of a
         failed task gets an :class:`UpstreamTaskError` naming it); nothing more is started then.
+        ``watch(units)`` is called once planned (a progress bar starts); what it returns is
+        called when the run ends.
         """
-        run = _Run(self.plan(targets), targets)
-        if not run.units:
+        units = self.plan(targets)
+        if not units:
             return
+        run = _Run(units, targets, self.backend.monitor)
         logger.debug("run: %d targets, %d units", len(targets), len(run.units))
+        stop_watching = watch(units) if watch is not None else None
         try:
             if self.backend.runs_graphs:
                 yield from run.drive_graph(self.backend)
@@ -56,12 +64,15 @@ class Engine:
                 yield from run.drive(self.backend)
         finally:
             self.backend.cancel(list(run.in_flight.values()))
+            if stop_watching is not None:
+                stop_watching()
 
 
 class _Run:
     """The state of one run: what waits for what, which values are still needed."""
 
-    def __init__(self, units: list[WorkUnit], targets: Sequence[Delayed]) -> None:
+    def __init__(self, units: list[WorkUnit], targets: Sequence[Delayed], monitor: Any) -> None:
+        self.monitor = monitor
         self.units = {unit.key: unit for unit in units}
         self.missing_inputs = {unit.key: len(unit.deps) for unit in units}
         self.readers: dict[str, list[str]] = {key: [] for key in self.units}
@@ -138,6 +149,7 @@ class _Run:
     def _target_error(self, outcome: UnitOutcome) -> TaskError:
         """The error to raise: the first target (in input order) that the failure reaches."""
         assert outcome.failure is not None
+        self.monitor.note_failure(outcome.failure, outcome.failure.worker)
         cause = outcome.failure.error or _task_error(outcome.failure)
         downstream = self._downstream(outcome.unit.key)
         hit = min(

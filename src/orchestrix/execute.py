@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import traceback
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from .errors import TaskError
 from .factorize import WorkUnit
 from .graph import Ref, TaskNode, map_nested
 
-__all__ = ["TaskFailure", "UnitOutcome", "resolve", "run_unit"]
+__all__ = ["CURRENT", "TaskFailure", "UnitOutcome", "call_task", "resolve", "run_unit"]
+
+#: ``CURRENT.key``: the key of the task this thread is running (None between tasks), for logs
+CURRENT = threading.local()
 
 
 @dataclass
@@ -23,36 +28,78 @@ class TaskFailure:
     exception: BaseException
     traceback_text: str | None = None
     error: TaskError | None = None  # set when the backend already knows the error to report
+    worker: str | None = None  # the worker it failed in, when known
 
 
 @dataclass
 class UnitOutcome:
-    """What a backend reports for a finished unit: its output, or which of its tasks failed."""
+    """What a backend reports for a finished unit: its output, or which of its tasks failed.
+
+    ``started`` (epoch seconds) and ``walls`` (seconds, one per task that ran, the failed one
+    last) time the tasks; ``growth_mb`` is set by ``loop_testing``, one per task that ran.
+    """
 
     unit: WorkUnit
     value: Any = None
     failure: TaskFailure | None = None
+    started: float = 0.0
+    walls: list[float] = field(default_factory=list)
+    growth_mb: list[float] | None = None
+    usage: tuple[float, float] | None = None  # (CPU s, peak RSS MB), where measured per unit
 
 
-def run_unit(unit: WorkUnit, inputs: Mapping[str, Any], *, remote: bool = False) -> UnitOutcome:
+class TaskCaller(Protocol):
+    """Runs one task (the profilers of :mod:`orchestrix.observe` wrap it)."""
+
+    loop_testing: bool
+    last_growth_mb: float
+
+    def call(self, node: TaskNode, values: Mapping[str, Any]) -> Any: ...
+
+
+def run_unit(
+    unit: WorkUnit,
+    inputs: Mapping[str, Any],
+    *,
+    remote: bool = False,
+    caller: TaskCaller | None = None,
+) -> UnitOutcome:
     """Run the tasks of ``unit`` in order; ``inputs`` maps dependency keys to their outputs.
 
     Intermediate outputs of a fused chain live only in this call. With ``remote=True`` a failure
     carries its formatted traceback, for a process that cannot ship the traceback object.
+    ``caller`` runs each task under a profiler; each task's wall time is always measured.
     """
     values: dict[str, Any] = dict(inputs)
+    call = call_task if caller is None else caller.call
+    growth: list[float] | None = [] if caller is not None and caller.loop_testing else None
+    outcome = UnitOutcome(unit, started=time.time(), growth_mb=growth)
+    walls = outcome.walls
+    clock = time.perf_counter
     value: Any = None
     for node in unit.tasks:
+        CURRENT.key = node.key
+        begin = clock()
         try:
-            value = _call(node, values)
+            value = call(node, values)
         except Exception as exc:  # noqa: BLE001 - any failure of user code is the task's
+            walls.append(clock() - begin)
+            CURRENT.key = None
             text = "".join(traceback.format_exception(exc)) if remote else None
-            return UnitOutcome(unit, failure=TaskFailure(node.key, node.name, exc, text))
+            outcome.failure = TaskFailure(node.key, node.name, exc, text)
+            return outcome
+        walls.append(clock() - begin)
+        if growth is not None:
+            growth.append(caller.last_growth_mb)  # type: ignore[union-attr]
         values[node.key] = value
-    return UnitOutcome(unit, value=value)
+    CURRENT.key = None
+    outcome.value = value
+    return outcome
 
 
-def _call(node: TaskNode, values: Mapping[str, Any]) -> Any:
+def call_task(node: TaskNode, values: Mapping[str, Any]) -> Any:
+    """Call a task's function with its arguments resolved. Every task runs under this frame:
+    the memray summary looks for it to attribute memory to task names."""
     if node.has_refs:
         args = resolve(node.args, values)
         kwargs = resolve(node.kwargs, values)

@@ -11,7 +11,6 @@ import concurrent.futures
 import functools
 import html
 import itertools
-import json
 import os
 import threading
 import time
@@ -21,9 +20,9 @@ from concurrent.futures import Executor, Future
 from typing import Any
 
 from .backends import create_backend, create_backend_class
+from .backends.base import Backend
 from .config import Config, load_config_file, parse_config
 from .engine import Engine, task_error
-from .errors import ConfigError
 from .execute import UnitOutcome
 from .factorize import WorkUnit
 from .graph import (
@@ -34,12 +33,14 @@ from .graph import (
     find_delayed,
     map_nested,
 )
+from .monitor import RunSummary
+from .progress import ProgressBar, interactive, start_progress
+from .runfiles import RunFiles, write_json
 from .sizing import resolve_pool_config
 
 __all__ = ["Orchestrator"]
 
 CONFIG_FILE_NAME = "used_orchestrator.json"
-_NOT_YET = {"cprofile", "memray"}
 _CALL_IDS = itertools.count()
 
 
@@ -59,7 +60,6 @@ class Orchestrator(Executor):
         **options: Any,
     ) -> None:
         parsed = parse_config(config, **options)
-        _refuse_unbuilt_features(parsed)
         create_backend_class(parsed)  # an unbuilt mode is refused before the machine is sized
         self.config: Config
         self.config, self.sizing_reasons = resolve_pool_config(parsed)
@@ -69,14 +69,23 @@ class Orchestrator(Executor):
         self._closed = False
         self._lock = threading.Lock()
         self._futures: dict[Future[Any], int] = {}  # submitted calls not finished -> job id
+        self.monitor = self._backend.monitor
         if self.config.out_dir is not None:
             _write_used_config(self.config)
-        self._finalizer = weakref.finalize(self, self._backend.close)
+        files = RunFiles(self.config.out_dir)
+        facts = {
+            "mode": self.config.mode,
+            "nb_workers": getattr(self.config, "nb_workers", None),
+            "profiling": self.config.profiling.mode,
+        }
+        # The finalizer holds what closing needs, never self: it also runs at interpreter exit.
+        self._finalizer = weakref.finalize(self, _close, self._backend, files, facts)
         try:
             self._backend.start()
         except BaseException:
             self._finalizer()  # whatever started is stopped
             raise
+        files.narrate("orchestrator started: %s", _describe_config(self.config))
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **overrides: Any) -> Orchestrator:
@@ -85,16 +94,20 @@ class Orchestrator(Executor):
 
     # -- task graphs -------------------------------------------------------------------------
 
-    def compute(self, targets: Any) -> Any:
+    def compute(self, targets: Any, *, progress: bool | None = None) -> Any:
         """Compute ``targets``: a Delayed gives its value; lists, tuples and dicts holding Delayed
-        give the same structure with each Delayed replaced by its value."""
+        give the same structure with each Delayed replaced by its value.
+
+        ``progress`` shows a progress bar (default: the ``progress`` key)."""
         leaves = find_delayed(targets)
         values: list[Any] = [None] * len(leaves)
-        for position, value in self._run(leaves):
+        for position, value in self._run(leaves, progress, "compute"):
             values[position] = value
         return _substitute(targets, iter(values))
 
-    def as_completed(self, targets: Iterable[Delayed]) -> Iterator[tuple[int, Any]]:
+    def as_completed(
+        self, targets: Iterable[Delayed], *, progress: bool | None = None
+    ) -> Iterator[tuple[int, Any]]:
         """Yield ``(index in targets, value)`` for each target, in completion order."""
         targets = list(targets)
         for position, target in enumerate(targets):
@@ -103,7 +116,7 @@ class Orchestrator(Executor):
                     f"as_completed expects Delayed objects, got {type(target).__name__} at "
                     f"index {position}"
                 )
-        return self._run(targets)
+        return self._run(targets, progress, "as_completed")
 
     # -- concurrent.futures.Executor ---------------------------------------------------------
 
@@ -120,17 +133,20 @@ class Orchestrator(Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
+        progress: bool | None = None,
     ) -> Iterator[Any]:
         """Like ``Executor.map``: ``fn`` over the items, results in input order.
 
         Every call is submitted at once. ``chunksize=n`` hands n items to one task, so a long
-        list of small items (or of files) costs n times fewer tasks.
+        list of small items (or of files) costs n times fewer tasks. ``progress`` shows a
+        progress bar of the items done (default: the ``progress`` key).
         """
         if not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError(f"chunksize must be an int >= 1, got {chunksize!r}")
         self._check_open()
         deadline = None if timeout is None else time.monotonic() + timeout
         calls = list(zip(*iterables))  # noqa: B905 - shortest iterable wins, as in Executor.map
+        bar = self._progress_bar(progress, len(calls), "map", "item")
         if chunksize == 1:
             jobs = [self._submit_call(fn, call, {}) for call in calls]
         else:
@@ -138,7 +154,11 @@ class Orchestrator(Executor):
                 self._submit_call(_call_chunk, (fn, calls[i : i + chunksize]), {}, _chunk_name(fn))
                 for i in range(0, len(calls), chunksize)
             ]
-        return self._results_in_order(jobs, deadline, chunked=chunksize > 1)
+        if bar is not None:
+            for index, (future, _) in enumerate(jobs):
+                items = min(chunksize, len(calls) - index * chunksize)
+                future.add_done_callback(functools.partial(bar.on_future, items))
+        return self._results_in_order(jobs, deadline, chunked=chunksize > 1, bar=bar)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Wait for submitted calls to finish (unless ``wait=False`` or ``cancel_futures``), then
@@ -170,6 +190,23 @@ class Orchestrator(Executor):
     def closed(self) -> bool:
         return self._closed
 
+    def summary(self) -> RunSummary:
+        """What ran so far (all of it once closed): tasks done, failed and retried; per task
+        name count, mean, median and p95 time; throughput; peak memory per worker; wall time.
+        It is also logged at close."""
+        return self.monitor.summary()
+
+    def report(self, path: str | os.PathLike[str] | None = None) -> str:
+        """Write the run's HTML report (timeline, memory, durations, failures); return its path.
+
+        The default path is ``out_dir/report.html`` (``report.html`` without ``out_dir``)."""
+        from .report import write_report
+
+        if path is None:
+            path = os.path.join(self.config.out_dir or ".", "report.html")
+        facts = {"mode": self.config.mode, "nb_workers": getattr(self.config, "nb_workers", None)}
+        return write_report(self.monitor.run_data(**facts), os.fspath(path))
+
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<Orchestrator mode={self.config.mode!r} {state}>"
@@ -185,11 +222,22 @@ class Orchestrator(Executor):
         for key in ("nb_workers", "max_ram_per_worker", "out_dir"):
             value = getattr(self.config, key, None)
             if value is not None:
-                suffix = " MB" if key == "max_ram_per_worker" else ""
+                suffix = " MB per worker" if key == "max_ram_per_worker" else ""
                 rows.append((key, f"{value}{suffix}"))
         dump_dir = getattr(self._backend, "dump_dir", None)
         if dump_dir:
             rows.append(("dump_dir", dump_dir))
+        summary = self.summary()
+        running = 0 if self._closed else self._backend.running()
+        rows.append(
+            (
+                "tasks",
+                f"{summary.tasks_done} done, {running} running, {summary.tasks_failed} failed",
+            )
+        )
+        for worker, facts in summary.workers.items():
+            if facts["peak_rss_mb"] is not None:
+                rows.append((f"worker {worker}", f"peak RSS {facts['peak_rss_mb']:,.0f} MB"))
         cells = [_html_row(key, html.escape(str(value))) for key, value in rows]
         link = self.dashboard_link
         if link:
@@ -239,12 +287,17 @@ class Orchestrator(Executor):
         if not future.set_running_or_notify_cancel():
             return  # cancelled meanwhile
         if outcome.failure is not None:
+            self.monitor.note_failure(outcome.failure, outcome.failure.worker)
             future.set_exception(task_error(outcome.failure))
         else:
             future.set_result(self._backend.materialize(outcome.value))
 
     def _results_in_order(
-        self, jobs: list[tuple[Future[Any], int]], deadline: float | None, chunked: bool
+        self,
+        jobs: list[tuple[Future[Any], int]],
+        deadline: float | None,
+        chunked: bool,
+        bar: ProgressBar | None,
     ) -> Iterator[Any]:
         try:
             for future, _ in jobs:
@@ -261,10 +314,28 @@ class Orchestrator(Executor):
             unfinished = [future for future, _ in jobs if not future.done()]
             if unfinished and not self._closed:
                 self._cancel_futures(unfinished)  # the caller stopped early: drop the rest
+            if bar is not None:
+                bar.close()
 
-    def _run(self, targets: list[Delayed]) -> Iterator[tuple[int, Any]]:
+    def _run(
+        self, targets: list[Delayed], progress: bool | None, description: str
+    ) -> Iterator[tuple[int, Any]]:
         self._check_open()
-        return self._engine.run(targets)
+        show = self.config.progress if progress is None else progress
+
+        def watch(units: list[WorkUnit]) -> Any:
+            bar = start_progress(show, self.monitor, units, description)
+            return bar.close if bar is not None else None
+
+        return self._engine.run(targets, watch)
+
+    def _progress_bar(
+        self, progress: bool | None, total: int, description: str, unit: str
+    ) -> ProgressBar | None:
+        show = self.config.progress if progress is None else progress
+        if not (interactive() if show is None else show):
+            return None
+        return ProgressBar(total, description, unit)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -275,25 +346,22 @@ def _html_row(key: str, cell_html: str) -> str:
     return f"<tr><th style='text-align:left'>{html.escape(key)}</th><td>{cell_html}</td></tr>"
 
 
-def _refuse_unbuilt_features(config: Config) -> None:
-    profiling = config.profiling
-    if profiling.mode in _NOT_YET or profiling.loop_testing:
-        raise ConfigError(
-            f"key 'profiling' asks for {profiling.mode!r} profiling"
-            f"{' with loop_testing' if profiling.loop_testing else ''}, which this version of "
-            "orchestrix does not implement yet; use {'mode': 'timing'}"
-        )
+def _close(backend: Backend, files: RunFiles, facts: dict[str, Any]) -> None:
+    """Stop the backend (workers write their profiles as they end), then write the run's files."""
+    try:
+        backend.close()
+    finally:
+        files.finish(backend.monitor, facts)
+
+
+def _describe_config(config: Config) -> str:
+    return ", ".join(f"{key}={value!r}" for key, value in config.to_dict().items())
 
 
 def _write_used_config(config: Config) -> None:
     assert config.out_dir is not None
     os.makedirs(config.out_dir, exist_ok=True)
-    path = os.path.join(config.out_dir, CONFIG_FILE_NAME)
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as stream:
-        json.dump(config.to_dict(), stream, indent=2, sort_keys=True)
-        stream.write("\n")
-    os.replace(temporary, path)  # atomic: a reader never sees half a file
+    write_json(os.path.join(config.out_dir, CONFIG_FILE_NAME), config.to_dict())
 
 
 def _chunk_name(fn: Any) -> str:

@@ -8,14 +8,17 @@ thread it likes. Several runs (a ``compute`` inside a loop over ``as_completed``
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ..execute import UnitOutcome
 from ..factorize import WorkUnit
+from ..monitor import Monitor
+from ..observe import WorkerSettings
 
-__all__ = ["Backend", "Sink"]
+__all__ = ["Backend", "Sink", "worker_settings"]
 
 #: receives the outcome of one unit; may be called from a backend thread
 Sink = Callable[[UnitOutcome], None]
@@ -26,6 +29,8 @@ class Backend(ABC):
 
     def __init__(self, config: Any) -> None:
         self.config = config
+        #: every unit run is recorded here (see :meth:`Monitor.record_unit`)
+        self.monitor = Monitor()
 
     #: True for backends that schedule whole graphs themselves (dask): the engine then calls
     #: :meth:`submit_graph` once instead of handing over ready units
@@ -57,6 +62,21 @@ class Backend(ABC):
     def close(self) -> None:
         """Release every resource. Idempotent; also safe if ``start`` was never called."""
 
+    def running(self) -> int:
+        """How many units are running or sent to workers, not finished (for display)."""
+        return 0
+
     def materialize(self, value: Any) -> Any:
         """Turn an outcome's value into what the caller receives (e.g. open memory maps)."""
         return value
+
+
+def worker_settings(config: Any, own_process: bool = True) -> WorkerSettings:
+    """What the processes that run tasks must set up (logs, profilers) for ``config``."""
+    out_dir = config.out_dir
+    return WorkerSettings(
+        out_dir=None if out_dir is None else os.path.abspath(out_dir),
+        profiling=config.profiling.mode,
+        loop_testing=config.profiling.loop_testing,
+        own_process=own_process,
+    )

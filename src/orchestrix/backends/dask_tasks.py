@@ -15,10 +15,24 @@ from typing import Any
 from distributed import SchedulerPlugin, WorkerPlugin
 
 from ..errors import TaskTimeoutError
-from ..execute import TaskFailure, UnitFailed, UnitOutcome, portable_failure, run_unit
+from ..execute import TaskCaller, TaskFailure, UnitFailed, UnitOutcome, portable_failure, run_unit
 from ..factorize import WorkUnit
+from ..observe import ProcessObserver, UsageMeter, WorkerSettings
 
-__all__ = ["CompletionCounter", "Label", "MemoryLogger", "completed_count", "run_unit_task"]
+__all__ = [
+    "TASK_TOPIC",
+    "CompletionCounter",
+    "Label",
+    "MemoryLogger",
+    "ObserverPlugin",
+    "completed_count",
+    "run_unit_task",
+]
+
+#: the dask event topic on which workers report each unit they ran (timing, memory)
+TASK_TOPIC = "orchestrix-unit"
+_observer: ProcessObserver | None = None  # this worker process's, set up by ObserverPlugin
+_meters = threading.local()
 
 
 class Label:
@@ -54,9 +68,11 @@ def run_unit_task(label: Label, payload: bytes, timeout: float | None, *values: 
         ) from None
     inputs = dict(zip(unit.deps, values, strict=True))
     if timeout is None:
-        outcome = run_unit(unit, inputs, remote=True)
+        outcome = _run_measured(unit, inputs)
     else:
         outcome = _run_with_timeout(unit, inputs, timeout)
+    if outcome.walls:
+        _report_unit(unit, outcome)
     if outcome.failure is not None:
         restart = _worker_address() if outcome.failure.error is not None else None
         raise UnitFailed(portable_failure(outcome.failure), restart)
@@ -67,9 +83,7 @@ def _run_with_timeout(unit: WorkUnit, inputs: dict[str, Any], timeout: float) ->
     """Run the unit in a thread and stop waiting after ``timeout``; the caller then restarts this
     worker, which is the only way to stop a Python thread that is still running."""
     box: list[UnitOutcome] = []
-    thread = threading.Thread(
-        target=lambda: box.append(run_unit(unit, inputs, remote=True)), daemon=True
-    )
+    thread = threading.Thread(target=lambda: box.append(_run_measured(unit, inputs)), daemon=True)
     thread.start()
     thread.join(timeout)
     if box:
@@ -80,6 +94,65 @@ def _run_with_timeout(unit: WorkUnit, inputs: dict[str, Any], timeout: float) ->
     )
     error = TaskTimeoutError(unit.key, unit.name, message, timeout)
     return UnitOutcome(unit, failure=TaskFailure(unit.key, unit.name, error, None, error=error))
+
+
+def _run_measured(unit: WorkUnit, inputs: dict[str, Any]) -> UnitOutcome:
+    """Run the unit, measuring its CPU time and peak memory (kept in ``outcome.usage``)."""
+    meter = getattr(_meters, "meter", None)
+    if meter is None:
+        meter = _meters.meter = UsageMeter()  # per thread: its CPU clock is the thread's
+    observer = _observer
+    caller: TaskCaller | None = observer if observer is not None and observer.wraps_calls else None
+    meter.begin()
+    outcome = run_unit(unit, inputs, remote=True, caller=caller)
+    outcome.usage = meter.end()
+    return outcome
+
+
+def _report_unit(unit: WorkUnit, outcome: UnitOutcome) -> None:
+    """Tell the client that this unit ran (a dask event): its timing and memory."""
+    cpu, peak_rss_mb = outcome.usage or (0.0, None)
+    wall = sum(outcome.walls)
+    event = [
+        unit.key,
+        [[node.key, node.name] for node in unit.tasks],
+        _observer.name if _observer is not None else "",
+        outcome.started,
+        outcome.walls,
+        cpu / wall if wall > 0 else 0.0,
+        peak_rss_mb,
+        outcome.failure is None,
+        outcome.growth_mb,
+    ]
+    try:
+        from distributed import get_worker
+
+        get_worker().log_event(TASK_TOPIC, event)
+    except ValueError:
+        pass  # not in a worker (a test calling the task function directly)
+
+
+class ObserverPlugin(WorkerPlugin):
+    """A dask worker plugin: sets up the worker process's logs and profilers (once per process,
+    undone when the worker closes: profiles are written then)."""
+
+    name = "orchestrix-observer"
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        super().__init__()
+        self.settings = settings
+
+    def setup(self, worker: Any) -> None:
+        global _observer
+        if _observer is None:
+            _observer = ProcessObserver(self.settings)
+            _observer.start()
+
+    def teardown(self, worker: Any) -> None:
+        global _observer
+        if _observer is not None:
+            _observer.stop()
+            _observer = None
 
 
 def _worker_address() -> str | None:

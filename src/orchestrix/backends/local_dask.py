@@ -25,8 +25,16 @@ from ..errors import StallError, TaskError, WorkerCrashedError
 from ..execute import TaskFailure, UnitFailed, UnitOutcome
 from ..factorize import WorkUnit
 from ..transfer import dumps_work
-from .base import Backend, Sink
-from .dask_tasks import CompletionCounter, Label, MemoryLogger, completed_count, run_unit_task
+from .base import Backend, Sink, worker_settings
+from .dask_tasks import (
+    TASK_TOPIC,
+    CompletionCounter,
+    Label,
+    MemoryLogger,
+    ObserverPlugin,
+    completed_count,
+    run_unit_task,
+)
 
 __all__ = ["DaskBackend"]
 
@@ -69,6 +77,9 @@ class DaskBackend(Backend):
                     self.client = Client(self.cluster, security=self.security())
         if self.dashboard_link:
             logger.warning("orchestrix: dask dashboard at %s", self.dashboard_link)
+        self.client.subscribe_topic(TASK_TOPIC, self._on_unit_event)
+        plugin = ObserverPlugin(worker_settings(self.config))
+        self.client.register_plugin(plugin, name=ObserverPlugin.name)
         if self.config.use_memory_logger and self.config.out_dir:
             directory = os.path.join(os.path.abspath(self.config.out_dir), "memory")
             self.client.register_plugin(MemoryLogger(directory), name=MemoryLogger.name)
@@ -164,6 +175,11 @@ class DaskBackend(Backend):
         if futures and not self._closed.is_set():
             self.client.cancel(futures)
 
+    def running(self) -> int:
+        if self.client is None or self._closed.is_set():
+            return 0
+        return sum(len(keys) for keys in self.client.processing().values())
+
     def materialize(self, value: Any) -> Any:
         result = getattr(value, "result", None)
         return result() if callable(result) else value
@@ -200,6 +216,14 @@ class DaskBackend(Backend):
             error = TaskError(unit.key, unit.name, message)
         error.__cause__ = exc
         return TaskFailure(unit.key, unit.name, exc, None, error=error)
+
+    def _on_unit_event(self, event: tuple[float, list[Any]]) -> None:
+        """A worker ran a unit (a dask event, in the client's event loop): record it."""
+        key, labels, worker, started, walls, cpu_per_wall, peak_rss_mb, ok, growth = event[1]
+        unit = _Labels(key, [_Labels(task_key, name) for task_key, name in labels])
+        self.monitor.record_unit(
+            unit, worker, started, walls, cpu_per_wall, peak_rss_mb, ok, growth
+        )
 
     def _restart_later(self, workers: list[str]) -> None:
         """Restart workers without blocking distributed's callback thread."""
@@ -263,6 +287,19 @@ class DaskBackend(Backend):
                     unit, failure=TaskFailure(unit.key, unit.name, error, None, error=error)
                 )
             )
+
+
+class _Labels:
+    """What the monitor reads of a unit (or a task): its key, name and tasks."""
+
+    __slots__ = ("key", "name", "tasks")
+
+    def __init__(self, key: str, tasks_or_name: Any) -> None:
+        self.key = key
+        if isinstance(tasks_or_name, str):
+            self.name, self.tasks = tasks_or_name, [self]
+        else:
+            self.name, self.tasks = "", tasks_or_name
 
 
 def _packed(unit: WorkUnit) -> tuple[Label, bytes]:

@@ -7,6 +7,7 @@ import multiprocessing
 import multiprocessing.forkserver
 import pickle
 import signal
+import socket
 import sys
 import threading
 import warnings
@@ -16,6 +17,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ..errors import WorkerCrashedError
+from ..observe import WorkerSettings
 from .mp_worker import STOP, worker_main
 
 __all__ = ["Launcher", "Worker", "crash_error", "stop_all"]
@@ -40,6 +42,7 @@ class Worker:
         self.done = 0
         self.stopping: str | None = None  # why we stop it: retire, timeout, memory, stall
         self.peak_rss_mb = 0.0
+        self.name = f"{socket.gethostname()}-{self.pid}"  # as the worker names itself
 
     @property
     def pid(self) -> int:
@@ -82,10 +85,11 @@ class Worker:
 class Launcher:
     """Starts workers with the configured start method."""
 
-    def __init__(self, mp_mode: str, dump_dir: str | None) -> None:
+    def __init__(self, mp_mode: str, dump_dir: str | None, settings: WorkerSettings) -> None:
         self.method = _usable_start_method(mp_mode)
         self.context: Any = multiprocessing.get_context(self.method)
         self.dump_dir = dump_dir
+        self.settings = settings
         self._uses_forkserver = False
         if self.method == "forkserver":
             self._uses_forkserver = True
@@ -96,7 +100,7 @@ class Launcher:
         started = self.context.RawValue("q", 0)
         process = self.context.Process(
             target=worker_main,
-            args=(child_conn, self.dump_dir, started),
+            args=(child_conn, self.dump_dir, started, self.settings),
             name="orchestrix-worker",
             daemon=True,
         )

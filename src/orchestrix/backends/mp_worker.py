@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import pickle
 import signal
+import sys
 import time
 import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
-from ..execute import TaskFailure, portable_failure, run_unit
+from ..execute import TaskCaller, TaskFailure, UnitOutcome, portable_failure, run_unit
+from ..observe import ProcessObserver, UsageMeter, WorkerSettings
 from ..transfer import Dumper
 
 FLUSH_SECONDS = 0.005
@@ -26,53 +28,89 @@ RUN, STOP = "run", "stop"
 OK, FAILED, UNLOADABLE = "ok", "failed", "unloadable"
 
 
-def worker_main(conn: Connection, dump_dir: str | None, started: Any) -> None:
+def worker_main(
+    conn: Connection, dump_dir: str | None, started: Any, settings: WorkerSettings
+) -> None:
     """Entry point of a worker process. ``started`` is a shared counter of the jobs it started:
     if the worker dies, the parent reads it to know which job was running."""
     # Ctrl-C in a terminal reaches the whole process group: the parent decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    dumper = Dumper(dump_dir) if dump_dir else None
-    while True:
-        try:
-            message = pickle.loads(conn.recv_bytes())
-        except (EOFError, OSError):
-            return  # the parent is gone
-        if message[0] == STOP:
-            return
-        _run_batch(conn, message[1], message[2], dumper, started)
-
-
-def _run_batch(
-    conn: Connection, job_ids: list[int], payload: bytes, dumper: Dumper | None, counter: Any
-) -> None:
+    observer = ProcessObserver(settings)
+    if settings.profiling != "timing":
+        # Profiles are written when the worker ends, also when the pool terminates it.
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    observer.start()
+    worker = _Worker(conn, Dumper(dump_dir) if dump_dir else None, started, observer)
     try:
-        work = pickle.loads(payload)
-    except Exception:  # noqa: BLE001 - e.g. a module that this process cannot import
-        counter.value += len(job_ids)
-        text = traceback.format_exc()
-        _send(conn, [(job_id, UNLOADABLE, text, 0.0) for job_id in job_ids])
-        return
-    results: list[tuple[Any, ...]] = []
-    last_send = time.monotonic()
-    for job_id, (unit, inputs) in zip(job_ids, work, strict=True):
-        counter.value += 1  # a write to shared memory: free, unlike a message per job
-        started = time.perf_counter()
-        status, data = _run_job(unit, inputs, dumper)
-        results.append((job_id, status, data, time.perf_counter() - started))
-        now = time.monotonic()
-        if now - last_send >= FLUSH_SECONDS:
-            _send(conn, results)
-            results, last_send = [], now
-    if results:
-        _send(conn, results)
+        worker.serve()
+    finally:
+        observer.stop()
+        worker.meter.close()
 
 
-def _send(conn: Connection, results: list[tuple[Any, ...]]) -> None:
-    conn.send_bytes(pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL))
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    sys.exit(128 + signum)
 
 
-def _run_job(unit: Any, inputs: Any, dumper: Dumper | None) -> tuple[str, Any]:
-    outcome = run_unit(unit, inputs, remote=True)
+class _Worker:
+    def __init__(
+        self, conn: Connection, dumper: Dumper | None, counter: Any, observer: ProcessObserver
+    ) -> None:
+        self.conn = conn
+        self.dumper = dumper
+        self.counter = counter
+        self.caller: TaskCaller | None = observer if observer.wraps_calls else None
+        self.meter = UsageMeter(time.process_time)
+
+    def serve(self) -> None:
+        while True:
+            try:
+                message = pickle.loads(self.conn.recv_bytes())
+            except (EOFError, OSError):
+                return  # the parent is gone
+            if message[0] == STOP:
+                return
+            self.run_batch(message[1], message[2])
+
+    def run_batch(self, job_ids: list[int], payload: bytes) -> None:
+        self.meter.begin()
+        try:
+            work = pickle.loads(payload)
+        except Exception:  # noqa: BLE001 - e.g. a module that this process cannot import
+            self.counter.value += len(job_ids)
+            text = traceback.format_exc()
+            self.send([(job_id, UNLOADABLE, text, 0.0, [], None) for job_id in job_ids])
+            return
+        results: list[tuple[Any, ...]] = []
+        last_send = time.monotonic()
+        for job_id, (unit, inputs) in zip(job_ids, work, strict=True):
+            self.counter.value += 1  # a write to shared memory: free, unlike a message per job
+            status, data, outcome = self.run_job(unit, inputs)
+            results.append(
+                (job_id, status, data, outcome.started, outcome.walls, outcome.growth_mb)
+            )
+            now = time.monotonic()
+            if now - last_send >= FLUSH_SECONDS:
+                self.send(results)
+                results, last_send = [], now
+                self.meter.begin()
+        if results:
+            self.send(results)
+
+    def send(self, results: list[tuple[Any, ...]]) -> None:
+        """Send a window of results with the CPU time and peak memory measured over it."""
+        cpu, peak_rss_mb = self.meter.end()
+        message = (results, cpu, peak_rss_mb)
+        self.conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def run_job(self, unit: Any, inputs: Any) -> tuple[str, Any, UnitOutcome]:
+        outcome = run_unit(unit, inputs, remote=True, caller=self.caller)
+        status, data = _encode(unit, outcome, self.dumper)
+        outcome.value = None  # sent: do not keep it alive until the next job
+        return status, data, outcome
+
+
+def _encode(unit: Any, outcome: UnitOutcome, dumper: Dumper | None) -> tuple[str, Any]:
     if outcome.failure is not None:
         return FAILED, _encode_failure(outcome.failure)
     try:

@@ -28,7 +28,7 @@ from ..execute import TaskFailure, UnitOutcome
 from ..factorize import WorkUnit
 from ..transfer import create_dump_dir, dumps_work, materialize
 from . import mp_pool
-from .base import Backend, Sink
+from .base import Backend, Sink, worker_settings
 from .mp_pool import Worker, crash_error
 from .mp_worker import FAILED, OK, RUN
 
@@ -87,7 +87,8 @@ class MultiprocessingBackend(Backend):
         if self.config.dump_to_disk:
             needed = int(self.nb_workers * self.config.max_ram_per_worker * 2**20)
             self.dump_dir = create_dump_dir(self.config.dump_dir, self.config.out_dir, needed)
-        self._launcher = mp_pool.Launcher(self.config.mp_mode, self.dump_dir)
+        settings = worker_settings(self.config)
+        self._launcher = mp_pool.Launcher(self.config.mp_mode, self.dump_dir, settings)
         self._workers = [self._launcher.spawn() for _ in range(self.nb_workers)]
         self._thread = threading.Thread(target=self._manage, name="orchestrix-pool", daemon=True)
         self._thread.start()
@@ -115,6 +116,9 @@ class MultiprocessingBackend(Backend):
 
     def materialize(self, value: Any) -> Any:
         return materialize(value)
+
+    def running(self) -> int:
+        return sum(len(worker.outstanding) for worker in list(self._workers))
 
     def close(self) -> None:
         with self._lock:
@@ -267,26 +271,35 @@ class MultiprocessingBackend(Backend):
         try:
             if not worker.conn.poll():
                 return False
-            results = pickle.loads(worker.conn.recv_bytes())
+            results, cpu, peak_rss_mb = pickle.loads(worker.conn.recv_bytes())
         except (EOFError, OSError):
             return False  # it died; the sentinel handles it
         now = time.monotonic()
         worker.last_progress = self._last_completion = now
-        for job_id, status, data, seconds in results:
+        window_wall = sum(sum(result[4]) for result in results)
+        cpu_per_wall = cpu / window_wall if window_wall > 0 else 0.0
+        record = self.monitor.record_unit
+        for job_id, status, data, started, walls, growth_mb in results:
             job = worker.outstanding.popleft()
             assert job.id == job_id, "results arrive in the order jobs were sent"
             worker.done += 1
+            seconds = walls[0] if len(walls) == 1 else sum(walls)
             self._mean_seconds = (
                 seconds
                 if self._mean_seconds is None
                 else (0.8 * self._mean_seconds + 0.2 * seconds)
             )
-            self._deliver(job, status, data)
+            if walls:
+                ok = status == OK
+                record(
+                    job.unit, worker.name, started, walls, cpu_per_wall, peak_rss_mb, ok, growth_mb
+                )
+            self._deliver(job, status, data, worker.name)
         if worker.stopping == "retire" and not worker.outstanding:
             worker.send_stop()
         return True
 
-    def _deliver(self, job: _Job, status: str, data: Any) -> None:
+    def _deliver(self, job: _Job, status: str, data: Any, worker: str) -> None:
         unit = job.unit
         try:
             if status == OK:
@@ -294,6 +307,7 @@ class MultiprocessingBackend(Backend):
                 return
             if status == FAILED:
                 failure: TaskFailure = pickle.loads(data)
+                failure.worker = worker
                 self._report_failure(job, failure)
                 return
             error: BaseException = RuntimeError("the worker could not load the task")
@@ -355,6 +369,7 @@ class MultiprocessingBackend(Backend):
                 )
                 self._report(job, failure=StallError(unit.key, unit.name, message))
             else:
+                self.monitor.note_retry()
                 with self._lock:
                     self._pending.appendleft(job)
         else:
@@ -363,6 +378,7 @@ class MultiprocessingBackend(Backend):
     def _retry_or_fail(self, job: _Job, error: TaskError) -> None:
         job.attempts += 1
         if job.attempts <= self.config.retries:
+            self.monitor.note_retry()
             logger.warning(
                 "orchestrix: %s; retrying (%d/%d)", error, job.attempts, self.config.retries
             )

@@ -8,12 +8,14 @@ were declared). It is the oracle that every other backend is tested against.
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..execute import run_unit
 from ..factorize import WorkUnit
-from .base import Backend, Sink
+from ..observe import ProcessObserver, UsageMeter, worker_name
+from .base import Backend, Sink, worker_settings
 
 __all__ = ["SequentialBackend"]
 
@@ -22,16 +24,37 @@ class SequentialBackend(Backend):
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         self._job_ids = itertools.count()
+        # Tasks run in the caller's process: its logging is the caller's, so the task log file
+        # takes only the records of tasks, and levels are left as the caller set them.
+        self._observer = ProcessObserver(worker_settings(config, own_process=False))
+        self._caller = self._observer if self._observer.wraps_calls else None
+        self._meter = UsageMeter(time.process_time)
+        self._name = worker_name()
 
     def start(self) -> None:
-        pass  # nothing to acquire
+        self._observer.start()
 
     def submit(self, unit: WorkUnit, inputs: Mapping[str, Any], sink: Sink) -> int:
-        sink(run_unit(unit, inputs))
+        self._meter.begin()
+        outcome = run_unit(unit, inputs, caller=self._caller)
+        cpu, peak_rss_mb = self._meter.end()
+        wall = sum(outcome.walls)
+        self.monitor.record_unit(
+            unit,
+            self._name,
+            outcome.started,
+            outcome.walls,
+            cpu / wall if wall > 0 else 0.0,
+            peak_rss_mb,
+            outcome.failure is None,
+            outcome.growth_mb,
+        )
+        sink(outcome)
         return next(self._job_ids)
 
     def cancel(self, job_ids: Iterable[int]) -> None:
         pass  # a job is finished when submit returns
 
     def close(self) -> None:
-        pass
+        self._observer.stop()
+        self._meter.close()

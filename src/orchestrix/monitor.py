@@ -1,0 +1,316 @@
+"""What the caller learns of its runs: one record per task execution, failures, retries.
+
+Backends report every unit they finish (:meth:`Monitor.record_unit`, called from whatever thread
+they report from); the progress bars listen; :meth:`Monitor.summary` and :meth:`Monitor.run_data`
+turn the records into the run summary and the report's data. Recording is kept to a tuple append
+per task: it runs for every task of every run (the ``timing`` profiling mode, the default).
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .execute import TaskFailure
+
+__all__ = ["Monitor", "NameStats", "RunSummary"]
+
+#: listener(unit key, tasks in the unit, ok)
+Listener = Callable[[str, int, bool], None]
+#: at most this many memory points per worker in the report's data
+MEMORY_POINTS = 2000
+
+# Fields of a task record, in order
+KEY, NAME, WORKER, START, WALL, CPU, RSS, OK = range(8)
+
+
+@dataclass
+class NameStats:
+    """Times of the tasks of one name (seconds)."""
+
+    count: int
+    mean_s: float
+    median_s: float
+    p95_s: float
+    total_s: float
+    max_peak_rss_mb: float | None
+
+
+@dataclass
+class RunSummary:
+    """``orch.summary()``: what ran, how long it took, how much memory it used."""
+
+    wall_seconds: float
+    tasks_done: int
+    tasks_failed: int
+    tasks_retried: int
+    throughput_per_s: float
+    by_name: dict[str, NameStats] = field(default_factory=dict)
+    workers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    leaks: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        lines = [
+            f"{self.tasks_done} tasks done, {self.tasks_failed} failed, {self.tasks_retried} "
+            f"retried in {self.wall_seconds:.2f} s ({self.throughput_per_s:,.1f} tasks/s)"
+        ]
+        if self.by_name:
+            lines.append(
+                f"{'task':<32} {'count':>7} {'mean':>9} {'median':>9} {'p95':>9} {'peak RSS':>10}"
+            )
+            for name, stats in self.by_name.items():
+                lines.append(
+                    f"{_clip(name, 32):<32} {stats.count:>7} {_seconds(stats.mean_s):>9} "
+                    f"{_seconds(stats.median_s):>9} {_seconds(stats.p95_s):>9} "
+                    f"{_megabytes(stats.max_peak_rss_mb):>10}"
+                )
+        for worker, facts in self.workers.items():
+            lines.append(
+                f"worker {worker}: {facts['tasks']} tasks, peak RSS "
+                f"{_megabytes(facts['peak_rss_mb'])}"
+            )
+        for name, leak in self.leaks.items():
+            lines.append(
+                f"loop_testing: {name} grows private memory by {leak['growth_mb_per_run']:+.2f} "
+                f"MB per run ({leak['runs']} tasks tested)"
+            )
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{h}</th>" for h in ("task", "count", "mean", "median", "p95", "RSS"))
+        rows = "".join(
+            f"<tr><td>{html.escape(name)}</td><td>{s.count}</td><td>{_seconds(s.mean_s)}</td>"
+            f"<td>{_seconds(s.median_s)}</td><td>{_seconds(s.p95_s)}</td>"
+            f"<td>{_megabytes(s.max_peak_rss_mb)}</td></tr>"
+            for name, s in self.by_name.items()
+        )
+        title = html.escape(str(self).splitlines()[0])
+        return f"<table><caption>{title}</caption><tr>{head}</tr>{rows}</table>"
+
+
+class Monitor:
+    """Records of the tasks one orchestrator ran. Thread-safe: list appends are atomic."""
+
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.ended: float | None = None
+        #: (key, name, worker, start epoch, wall s, cpu s, peak RSS MB or None, ok)
+        self.tasks: list[tuple[Any, ...]] = []
+        self.failures: list[dict[str, Any]] = []
+        self.retried = 0
+        self.growth: dict[str, list[float]] = {}
+        self._listeners: tuple[Listener, ...] = ()
+        self._lock = threading.Lock()
+
+    # -- recording (backends) -----------------------------------------------------------------
+
+    def record_unit(
+        self,
+        unit: Any,
+        worker: str,
+        started: float,
+        walls: list[float],
+        cpu_per_wall: float,
+        peak_rss_mb: float | None,
+        ok: bool,
+        growth_mb: list[float] | None = None,
+    ) -> None:
+        """Record the tasks of ``unit`` that ran (``walls`` has one entry each; the last one
+        failed unless ``ok``). CPU time was measured over a window holding the unit, and is
+        shared in proportion to wall time (``cpu_per_wall`` = window CPU / window wall)."""
+        tasks = unit.tasks
+        if len(walls) == 1:  # the common case, kept short: it runs for every task
+            node, wall = tasks[0], walls[0]
+            self.tasks.append(
+                (node.key, node.name, worker, started, wall, wall * cpu_per_wall, peak_rss_mb, ok)
+            )
+        else:
+            last = len(walls) - 1
+            for index, (node, wall) in enumerate(zip(tasks, walls, strict=False)):
+                record = (node.key, node.name, worker, started, wall, wall * cpu_per_wall)
+                self.tasks.append((*record, peak_rss_mb, ok or index < last))
+                started += wall
+        if growth_mb:
+            for node, growth in zip(tasks, growth_mb, strict=False):
+                self.growth.setdefault(node.name, []).append(growth)
+        for listener in self._listeners:
+            listener(unit.key, len(tasks), ok)
+
+    def note_failure(self, failure: TaskFailure, worker: str | None = None) -> None:
+        """Record a failure the caller is told of (a task that raised, crashed, timed out)."""
+        error = failure.error if failure.error is not None else failure.exception
+        text = failure.traceback_text
+        if text is None and error.__traceback__ is not None:
+            text = "".join(traceback.format_exception(error))
+        self.failures.append(
+            {
+                "key": failure.key,
+                "name": failure.name,
+                "worker": worker,
+                "error": f"{type(error).__name__}: {error}",
+                "traceback": text,
+            }
+        )
+
+    def note_retry(self) -> None:
+        self.retried += 1
+
+    def close(self) -> None:
+        if self.ended is None:
+            self.ended = time.time()
+
+    # -- listeners (progress bars) ------------------------------------------------------------
+
+    def add_listener(self, listener: Listener) -> None:
+        with self._lock:
+            self._listeners = (*self._listeners, listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        with self._lock:
+            self._listeners = tuple(x for x in self._listeners if x is not listener)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def summary(self) -> RunSummary:
+        records = list(self.tasks)  # a snapshot: workers may still be reporting
+        done = [r for r in records if r[OK]]
+        failed_keys = {f["key"] for f in self.failures} | {r[KEY] for r in records if not r[OK]}
+        ended = self.ended if self.ended is not None else time.time()
+        return RunSummary(
+            wall_seconds=ended - self.started,
+            tasks_done=len(done),
+            tasks_failed=len(failed_keys),
+            tasks_retried=self.retried,
+            throughput_per_s=_throughput(done),
+            by_name=_stats_by_name(done),
+            workers=_worker_facts(records),
+            leaks={
+                name: {"growth_mb_per_run": sum(values) / len(values), "runs": len(values)}
+                for name, values in self.growth.items()
+            },
+        )
+
+    def run_data(self, **facts: Any) -> dict[str, Any]:
+        """The data of ``run.json`` and of the HTML report (columnar task records)."""
+        records = list(self.tasks)
+        columns = ("key", "name", "worker", "start", "wall", "cpu", "peak_rss_mb", "ok")
+        tasks = {column: [r[i] for r in records] for i, column in enumerate(columns)}
+        return {
+            "version": 1,
+            **facts,
+            "started": self.started,
+            "ended": self.ended if self.ended is not None else time.time(),
+            "tasks": tasks,
+            "memory": _memory_series(records),
+            "failures": list(self.failures),
+            "summary": self.summary().to_dict(),
+        }
+
+
+def _throughput(done: list[tuple[Any, ...]]) -> float:
+    """Tasks per second over the span in which tasks ran."""
+    if not done:
+        return 0.0
+    first = min(r[START] for r in done)
+    last = max(r[START] + r[WALL] for r in done)
+    return len(done) / max(last - first, 1e-9)
+
+
+def _stats_by_name(done: list[tuple[Any, ...]]) -> dict[str, NameStats]:
+    walls: dict[str, list[float]] = {}
+    peaks: dict[str, float | None] = {}
+    for record in done:
+        walls.setdefault(record[NAME], []).append(record[WALL])
+        peaks[record[NAME]] = _max(peaks.get(record[NAME]), record[RSS])
+    stats = {}
+    for name, values in walls.items():
+        values.sort()
+        total = math.fsum(values)
+        stats[name] = NameStats(
+            count=len(values),
+            mean_s=total / len(values),
+            median_s=_percentile(values, 50),
+            p95_s=_percentile(values, 95),
+            total_s=total,
+            max_peak_rss_mb=peaks[name],
+        )
+    return dict(sorted(stats.items(), key=lambda item: -item[1].total_s))
+
+
+def _worker_facts(records: Iterable[tuple[Any, ...]]) -> dict[str, dict[str, Any]]:
+    facts: dict[str, dict[str, Any]] = {}
+    for record in records:
+        entry = facts.setdefault(record[WORKER], {"tasks": 0, "peak_rss_mb": None})
+        entry["tasks"] += 1
+        entry["peak_rss_mb"] = _max(entry["peak_rss_mb"], record[RSS])
+    return dict(sorted(facts.items()))
+
+
+def _memory_series(records: list[tuple[Any, ...]]) -> dict[str, list[Any]]:
+    """Peak RSS per worker over time, from the task records: at most MEMORY_POINTS per worker,
+    each the highest peak of its time bucket."""
+    by_worker: dict[str, list[tuple[float, float]]] = {}
+    for record in records:
+        if record[RSS] is not None:
+            by_worker.setdefault(record[WORKER], []).append(
+                (record[START] + record[WALL], record[RSS])
+            )
+    series: dict[str, list[Any]] = {"worker": [], "time": [], "rss_mb": []}
+    for worker, points in sorted(by_worker.items()):
+        points.sort()
+        for when, rss in _decimate(points):
+            series["worker"].append(worker)
+            series["time"].append(when)
+            series["rss_mb"].append(rss)
+    return series
+
+
+def _decimate(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    if len(points) <= MEMORY_POINTS:
+        return points
+    first, last = points[0][0], points[-1][0]
+    width = (last - first) / MEMORY_POINTS or 1.0
+    buckets: dict[int, tuple[float, float]] = {}
+    for when, rss in points:
+        index = min(int((when - first) / width), MEMORY_POINTS - 1)
+        kept = buckets.get(index)
+        if kept is None or rss > kept[1]:
+            buckets[index] = (when, rss)
+    return [buckets[i] for i in sorted(buckets)]
+
+
+def _percentile(ordered: list[float], percent: float) -> float:
+    """The nearest-rank percentile of sorted values."""
+    rank = max(1, math.ceil(percent / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def _max(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    return a if b is None else max(a, b)
+
+
+def _seconds(value: float) -> str:
+    if value >= 1:
+        return f"{value:.2f} s"
+    if value >= 1e-3:
+        return f"{value * 1e3:.1f} ms"
+    return f"{value * 1e6:.0f} us"
+
+
+def _megabytes(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f} MB"
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "~"

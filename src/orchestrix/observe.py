@@ -1,0 +1,253 @@
+"""What a process that runs tasks records about them: its log file, profiles, time and memory.
+
+It runs wherever tasks run: in a multiprocessing worker, in a dask worker (through a plugin), or
+in the caller in sequential mode. Everything is set up once per process (CARS added a log handler
+per task, so each line was written again by every later task). Standard library only; memray is
+imported when it is asked for.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import gc
+import logging
+import os
+import resource
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+from .execute import CURRENT, call_task
+
+__all__ = [
+    "LOOP_TESTING_RUNS",
+    "ProcessObserver",
+    "UsageMeter",
+    "WorkerSettings",
+    "worker_name",
+]
+
+#: how many times ``loop_testing`` runs each task (the first run warms caches up)
+LOOP_TESTING_RUNS = 5
+WORKER_LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s [%(task)s] %(message)s"
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What a worker process needs to know to observe its tasks; travels to the workers."""
+
+    out_dir: str | None = None
+    profiling: str = "timing"
+    loop_testing: bool = False
+    #: False in sequential mode: the process is the caller's, its logging is not ours to change
+    own_process: bool = True
+
+
+def worker_name() -> str:
+    """``host-pid``: the name of this worker in logs, file names and reports."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class UsageMeter:
+    """CPU time (of the process, or of this thread with ``clock=time.thread_time``) and peak
+    resident memory of this process over a window.
+
+    The peak is the kernel's high-water mark, reset at the start of each window where Linux
+    allows it (``/proc/self/clear_refs``); elsewhere it is the peak since the process started.
+    """
+
+    def __init__(self, clock: Any = time.thread_time) -> None:
+        self._clock = clock
+        self._reset_fd: int | None = None
+        try:
+            self._reset_fd = os.open("/proc/self/clear_refs", os.O_WRONLY)
+        except OSError:
+            pass
+        self._cpu_start = 0.0
+
+    def begin(self) -> None:
+        self._cpu_start = self._clock()
+        if self._reset_fd is not None:
+            try:
+                os.write(self._reset_fd, b"5")  # 5: reset the peak resident set size
+            except OSError:
+                os.close(self._reset_fd)
+                self._reset_fd = None
+
+    def end(self) -> tuple[float, float]:
+        """(CPU seconds since :meth:`begin`, peak resident MB in the window)."""
+        cpu = self._clock() - self._cpu_start
+        return cpu, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def close(self) -> None:
+        if self._reset_fd is not None:
+            os.close(self._reset_fd)
+            self._reset_fd = None
+
+
+class _OneLineEnd(logging.Formatter):
+    """Drops trailing newlines (a captured warning ends with one): no blank lines in the file."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).rstrip()
+
+
+class _TaskKeyFilter(logging.Filter):
+    """Sets ``record.task`` to the running task's key; shared process: keeps tasks' records."""
+
+    def __init__(self, only_in_tasks: bool) -> None:
+        super().__init__()
+        self.only_in_tasks = only_in_tasks
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = getattr(CURRENT, "key", None)
+        if key is None and self.only_in_tasks:
+            return False
+        record.task = key or "-"
+        return True
+
+
+class ProcessObserver:
+    """Sets up, for one process, what the ``out_dir`` and ``profiling`` keys ask for."""
+
+    def __init__(self, settings: WorkerSettings, name: str | None = None) -> None:
+        self.settings = settings
+        self.name = name or worker_name()
+        self.loop_testing = settings.loop_testing
+        self.last_growth_mb = 0.0
+        self._handler: logging.Handler | None = None
+        self._profile: cProfile.Profile | None = None
+        self._tracker: Any = None
+        self._started = False
+
+    @property
+    def wraps_calls(self) -> bool:
+        """Whether tasks must run through :meth:`call` (else they are called directly)."""
+        return self.loop_testing or self.settings.profiling == "cprofile"
+
+    # -- process lifetime ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        out_dir = self.settings.out_dir
+        if out_dir is not None:
+            self._start_logging(out_dir)
+        if self.settings.profiling == "cprofile":
+            self._profile = cProfile.Profile()
+        elif self.settings.profiling == "memray":
+            self._tracker = start_memray(self.profile_path("memray", ".bin"))
+
+    def stop(self) -> None:
+        """Write the profiles and close the log file; safe to call twice."""
+        if not self._started:
+            return
+        self._started = False
+        if self._profile is not None:
+            path = self.profile_path("cprofile", ".prof")
+            self._profile.dump_stats(path)
+            self._profile = None
+        if self._tracker is not None:
+            tracker, self._tracker = self._tracker, None
+            tracker.__exit__(None, None, None)
+        if self._handler is not None:
+            self._stop_logging()
+
+    def profile_path(self, kind: str, suffix: str) -> str:
+        assert self.settings.out_dir is not None, "the config refuses profiling without out_dir"
+        directory = os.path.join(self.settings.out_dir, "profiling", kind)
+        os.makedirs(directory, exist_ok=True)
+        return os.path.join(directory, f"worker-{self.name}{suffix}")
+
+    # -- tasks --------------------------------------------------------------------------------
+
+    def call(self, node: Any, values: Any) -> Any:
+        """Run one task under the profiler, and several times when ``loop_testing`` is on."""
+        if self.loop_testing:
+            return self._call_in_loop(node, values)
+        return self._call_once(node, values)
+
+    def _call_in_loop(self, node: Any, values: Any) -> Any:
+        """Run the task LOOP_TESTING_RUNS times; the growth of private memory after the first
+        (warm-up) run, per later run, is what a leak costs each time the task runs."""
+        result = self._call_once(node, values)
+        del result
+        gc.collect()
+        before = private_memory_mb()
+        for _ in range(LOOP_TESTING_RUNS - 1):
+            result = self._call_once(node, values)
+            del result
+        gc.collect()
+        self.last_growth_mb = (private_memory_mb() - before) / (LOOP_TESTING_RUNS - 1)
+        return self._call_once(node, values)
+
+    def _call_once(self, node: Any, values: Any) -> Any:
+        profile = self._profile
+        if profile is None:
+            return call_task(node, values)
+        profile.enable()
+        try:
+            return call_task(node, values)
+        finally:
+            profile.disable()
+
+    # -- logging ------------------------------------------------------------------------------
+
+    def _start_logging(self, out_dir: str) -> None:
+        directory = os.path.join(out_dir, "workers_log")
+        os.makedirs(directory, exist_ok=True)
+        handler = logging.FileHandler(
+            os.path.join(directory, f"worker-{self.name}.log"), encoding="utf-8", delay=True
+        )
+        handler.setFormatter(_OneLineEnd(WORKER_LOG_FORMAT))
+        handler.addFilter(_TaskKeyFilter(only_in_tasks=not self.settings.own_process))
+        root = logging.getLogger()
+        if self.settings.own_process:
+            # A forked worker inherits the caller's handlers (its log file among them): every
+            # line would be written twice. This process is ours: its logging is too.
+            for inherited in (root, logging.getLogger("orchestrix")):
+                for old in list(inherited.handlers):
+                    inherited.removeHandler(old)
+            root.setLevel(logging.INFO)
+            logging.captureWarnings(True)  # a task's warnings land in the file, with its key
+        root.addHandler(handler)
+        self._handler = handler
+        logging.getLogger("orchestrix.worker").info(
+            "worker %s started (python %s)", self.name, sys.version.split()[0]
+        )
+
+    def _stop_logging(self) -> None:
+        assert self._handler is not None
+        logging.getLogger().removeHandler(self._handler)
+        self._handler.close()
+        self._handler = None
+
+
+def start_memray(path: str) -> Any:
+    """Start a memray capture of this process into ``path``; the caller ends it."""
+    try:
+        import memray
+    except ImportError:
+        raise ConfigError(
+            "profiling mode 'memray' needs the memray package: "
+            "python -m pip install 'orchestrix[profiling]'"
+        ) from None
+    if os.path.exists(path):
+        os.unlink(path)  # a pid reused by a later run of the same out_dir
+    tracker = memray.Tracker(path, follow_fork=False, native_traces=False)
+    tracker.__enter__()
+    return tracker
+
+
+def private_memory_mb() -> float:
+    """Resident memory this process does not share (heap and anonymous maps), in MB."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as stream:
+            fields = stream.read().split()
+        return (int(fields[1]) - int(fields[2])) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
