@@ -251,13 +251,13 @@ def hog(megabytes, seconds=0.0):
 
 
 @ox.task
-def leaky(megabytes):
+def leaky(megabytes, tag=None):
     """Keeps ``megabytes`` more memory alive at each call: a leak."""
     _kept.append(b"\x01" * (megabytes * 2**20))
     return len(_kept)
 
 
 @ox.task
-def tidy(megabytes):
+def tidy(megabytes, tag=None):
     block = bytearray(megabytes * 2**20)
     return len(block)

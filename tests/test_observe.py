@@ -168,3 +168,62 @@ def test_notebook_view_shows_counts_and_memory(tmp_path):
         assert "8 done, 0 running, 0 failed" in view
         assert "peak RSS" in view and "MB per worker" in view
         assert "<table>" in orch.summary()._repr_html_()
+
+
+# -- profiling ----------------------------------------------------------------------------------
+
+PROFILED = [name for name in OBSERVED if name != "mp-fork"]
+
+
+@pytest.mark.parametrize("name", PROFILED)
+def test_cprofile_writes_one_profile_per_worker_and_a_summary(name, tmp_path):
+    options = {**BACKENDS[name], "out_dir": str(tmp_path), "profiling": {"mode": "cprofile"}}
+    with ox.Orchestrator(**options) as orch:
+        assert orch.compute([spin(0.02) for _ in range(6)])
+    profiles = glob.glob(str(tmp_path / "profiling" / "cprofile" / "worker-*.prof"))
+    workers = {record[2] for record in orch.monitor.tasks}  # a worker that ran nothing writes none
+    assert sorted(profiles) == sorted(
+        str(tmp_path / "profiling" / "cprofile" / f"worker-{worker}.prof") for worker in workers
+    )
+    summary = (tmp_path / "profiling" / "cprofile_summary.txt").read_text()
+    assert f"{len(profiles)} worker profile" in summary
+    assert "(spin)" in summary
+
+
+def test_cprofile_profiles_recycled_workers_too(tmp_path):
+    options = {"mode": "multiprocessing", "nb_workers": 2, "max_tasks_per_worker": 3}
+    with ox.Orchestrator(**options, out_dir=str(tmp_path), profiling={"mode": "cprofile"}) as orch:
+        orch.compute([inc(i) for i in range(12)])
+    assert len(glob.glob(str(tmp_path / "profiling" / "cprofile" / "*.prof"))) >= 4
+
+
+@pytest.mark.parametrize("name", PROFILED)
+def test_memray_captures_each_worker_and_the_profile_command_summarises(name, tmp_path):
+    pytest.importorskip("memray")
+    from orchestrix.__main__ import main
+
+    options = {**BACKENDS[name], "out_dir": str(tmp_path), "profiling": {"mode": "memray"}}
+    with ox.Orchestrator(**options) as orch:
+        orch.compute([hog(60, 0.01), hog(61, 0.01), nap(0.01)])
+    captures = glob.glob(str(tmp_path / "profiling" / "memray" / "worker-*.bin"))
+    assert len(captures) == (1 if name == "sequential" else 2)  # every worker process, busy or not
+    assert main(["profile", str(tmp_path)]) == 0
+    assert (tmp_path / "profiling" / "memray_summary.txt").exists()
+    assert len(glob.glob(str(tmp_path / "profiling" / "memray" / "worker-*.html"))) == len(captures)
+
+
+@pytest.mark.parametrize("name", ["sequential", "mp-forkserver", "local_dask"])
+def test_loop_testing_reports_the_leaking_task(name):
+    if name not in BACKENDS:
+        pytest.skip(f"{name} is not available")
+    from tasks import leaky, tidy
+
+    options = {**BACKENDS[name], "profiling": {"mode": "timing", "loop_testing": True}}
+    with ox.Orchestrator(**options) as orch:
+        assert orch.compute([tidy(8, i) for i in range(3)]) == [8 * 2**20] * 3
+        orch.compute([leaky(8, i) for i in range(3)])
+    leaks = orch.summary().leaks
+    assert leaks["leaky"]["runs"] == 3
+    assert 6 <= leaks["leaky"]["growth_mb_per_run"] <= 10  # 8 MB kept per run
+    assert abs(leaks["tidy"]["growth_mb_per_run"]) < 1
+    assert "leaky grows private memory" in str(orch.summary())

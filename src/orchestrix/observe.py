@@ -148,8 +148,9 @@ class ProcessObserver:
             return
         self._started = False
         if self._profile is not None:
-            path = self.profile_path("cprofile", ".prof")
-            self._profile.dump_stats(path)
+            self._profile.create_stats()
+            if self._profile.stats:  # type: ignore[attr-defined] # a worker that ran no task
+                self._profile.dump_stats(self.profile_path("cprofile", ".prof"))
             self._profile = None
         if self._tracker is not None:
             tracker, self._tracker = self._tracker, None
