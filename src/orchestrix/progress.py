@@ -7,6 +7,7 @@ only where someone watches (a terminal or a notebook), so logs and CI output sta
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -31,8 +32,7 @@ class ProgressBar:
     graph) or by futures (calls of ``map``)."""
 
     def __init__(self, total: int, description: str, unit: str = "task") -> None:
-        from tqdm.auto import tqdm  # type: ignore[import-untyped] # only when a bar is shown
-
+        tqdm = _tqdm_class()
         self.failed = 0
         self.units: dict[str, int] = {}  # unit key -> its number of tasks
         self.monitor: Monitor | None = None
@@ -60,6 +60,16 @@ class ProgressBar:
         if self.monitor is not None:
             self.monitor.remove_listener(self.on_unit)
         self.bar.close()
+
+
+def _tqdm_class() -> Any:
+    """tqdm's notebook widget in Jupyter when ipywidgets is there, else its text bar (tqdm.auto
+    picks the widget in any kernel, and then fails without ipywidgets)."""
+    if "ipykernel" in sys.modules and importlib.util.find_spec("ipywidgets") is None:
+        from tqdm import tqdm  # type: ignore[import-untyped]
+    else:
+        from tqdm.auto import tqdm  # type: ignore[import-untyped]
+    return tqdm
 
 
 def start_progress(

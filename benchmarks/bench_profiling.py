@@ -1,0 +1,95 @@
+"""What observing a run costs: noop throughput with each profiling mode, side by side in one run.
+
+The workload is the ``noop`` row of ``bench_local.py`` (``submit`` one task per call, then wait for
+every result) on the multiprocessing backend, 2 workers, forkserver. Each variant runs in its own
+process; rounds are interleaved so that a noisy neighbour slows every variant alike. Variants:
+
+* ``timing`` (the default): per-task wall, CPU, peak RSS and worker recorded.
+* ``timing+out_dir``: the same, with worker logs and run.json written.
+* ``cprofile``: every task run under cProfile in the workers.
+* ``baseline`` (with ``--baseline-src DIR``): the same workload on another orchestrix source tree,
+  e.g. a checkout of a version from before task records existed (``git worktree add``).
+
+Run: ``python benchmarks/bench_profiling.py [--tasks 20000] [--rounds 7] [--baseline-src DIR]``.
+Prints a markdown table: median tasks/s per variant and its ratio to the first variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+CHILD = r"""
+import json, sys, tempfile, time
+import orchestrix as ox
+
+def noop(x):
+    return x
+
+variant, n_tasks = sys.argv[1], int(sys.argv[2])
+options = {"mode": "multiprocessing", "nb_workers": 2, "mp_mode": "forkserver"}
+with tempfile.TemporaryDirectory() as out_dir:
+    if variant != "baseline" and variant != "timing":
+        options["out_dir"] = out_dir
+    if variant == "cprofile":
+        options["profiling"] = {"mode": "cprofile"}
+    with ox.Orchestrator(**options) as orch:
+        orch.submit(noop, 0).result()
+        [f.result() for f in [orch.submit(noop, i) for i in range(2000)]]  # warm up
+        start = time.perf_counter()
+        futures = [orch.submit(noop, i) for i in range(n_tasks)]
+        results = [f.result() for f in futures]
+        seconds = time.perf_counter() - start
+    assert results == list(range(n_tasks))
+print(json.dumps({"tasks_per_s": n_tasks / seconds}))
+"""
+
+
+def run_variant(variant: str, n_tasks: int, source: str | None) -> float:
+    env = dict(os.environ)
+    if source is not None:
+        env["PYTHONPATH"] = os.path.join(source, "src")
+    with tempfile.TemporaryDirectory() as cwd:
+        output = subprocess.run(
+            [sys.executable, "-c", CHILD, variant, str(n_tasks)],
+            env=env,
+            cwd=cwd,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    return float(json.loads(output.splitlines()[-1])["tasks_per_s"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tasks", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--baseline-src", help="another orchestrix source tree to compare with")
+    args = parser.parse_args()
+    variants = ["timing", "timing+out_dir", "cprofile"]
+    sources: dict[str, str | None] = dict.fromkeys(variants)
+    if args.baseline_src:
+        variants.insert(0, "baseline")
+        sources["baseline"] = args.baseline_src
+    rates: dict[str, list[float]] = {variant: [] for variant in variants}
+    for _ in range(args.rounds):
+        for variant in variants:
+            rates[variant].append(run_variant(variant, args.tasks, sources[variant]))
+    reference = statistics.median(rates[variants[0]])
+    print(f"noop, {args.tasks} tasks, median of {args.rounds} interleaved rounds\n")
+    print(f"| variant | tasks/s | ratio to {variants[0]} | spread (min-max) |")
+    print("|---|---|---|---|")
+    for variant in variants:
+        median = statistics.median(rates[variant])
+        spread = f"{min(rates[variant]):,.0f}-{max(rates[variant]):,.0f}"
+        print(f"| {variant} | {median:,.0f} | {median / reference:.3f} | {spread} |")
+
+
+if __name__ == "__main__":
+    main()
