@@ -97,8 +97,8 @@ def test_summary_reports_known_sleeps(name):
     assert (6 * 0.05 + 3 * 0.2) / 9 <= stats.mean_s < 0.25
     assert summary.by_name["spin"].count == 1
     records = [r for r in orch.monitor.tasks if r[1] in ("nap", "spin")]
-    sleep_cpu = [r[5] for r in records if r[1] == "nap"]
-    spin_cpu = next(r[5] for r in records if r[1] == "spin")
+    sleep_cpu = [r[4] * r[5] for r in records if r[1] == "nap"]  # wall * CPU per wall
+    spin_cpu = next(r[4] * r[5] for r in records if r[1] == "spin")
     assert max(sleep_cpu) < 0.05  # sleeping costs no CPU
     assert spin_cpu >= 0.15  # busy for 0.2 s of CPU time
     assert summary.throughput_per_s > 0 and summary.wall_seconds > 0.4

@@ -26,8 +26,9 @@ Listener = Callable[[str, int, bool], None]
 #: at most this many memory points per worker in the report's data
 MEMORY_POINTS = 2000
 
-# Fields of a task record, in order
-KEY, NAME, WORKER, START, WALL, CPU, RSS, OK = range(8)
+# Fields of a task record, in order. The CPU time of a task is WALL * CPU_PER_WALL: the share is
+# kept rather than the product, so that recording allocates nothing but the record.
+KEY, NAME, WORKER, START, WALL, CPU_PER_WALL, RSS, OK = range(8)
 
 
 @dataclass
@@ -103,7 +104,7 @@ class Monitor:
     def __init__(self) -> None:
         self.started = time.time()
         self.ended: float | None = None
-        #: (key, name, worker, start epoch, wall s, cpu s, peak RSS MB or None, ok)
+        #: (key, name, worker, start epoch, wall s, CPU s per wall s, peak RSS MB or None, ok)
         self.tasks: list[tuple[Any, ...]] = []
         self.failures: list[dict[str, Any]] = []
         self.retried = 0
@@ -124,26 +125,55 @@ class Monitor:
         ok: bool,
         growth_mb: list[float] | None = None,
     ) -> None:
-        """Record the tasks of ``unit`` that ran (``walls`` has one entry each; the last one
-        failed unless ``ok``). CPU time was measured over a window holding the unit, and is
-        shared in proportion to wall time (``cpu_per_wall`` = window CPU / window wall)."""
-        tasks = unit.tasks
-        if len(walls) == 1:  # the common case, kept short: it runs for every task
-            node, wall = tasks[0], walls[0]
-            self.tasks.append(
-                (node.key, node.name, worker, started, wall, wall * cpu_per_wall, peak_rss_mb, ok)
-            )
-        else:
-            last = len(walls) - 1
-            for index, (node, wall) in enumerate(zip(tasks, walls, strict=False)):
-                record = (node.key, node.name, worker, started, wall, wall * cpu_per_wall)
-                self.tasks.append((*record, peak_rss_mb, ok or index < last))
-                started += wall
-        if growth_mb:
-            for node, growth in zip(tasks, growth_mb, strict=False):
-                self.growth.setdefault(node.name, []).append(growth)
-        for listener in self._listeners:
-            listener(unit.key, len(tasks), ok)
+        """Record the tasks of ``unit`` that ran: see :meth:`record_units`."""
+        self.record_units(
+            worker, cpu_per_wall, peak_rss_mb, [(unit, started, walls, ok, growth_mb)]
+        )
+
+    def record_units(
+        self,
+        worker: str,
+        cpu_per_wall: float,
+        peak_rss_mb: float | None,
+        entries: list[tuple[Any, float, list[float], bool, list[float] | None]],
+    ) -> None:
+        """Record units that ran in one window of a worker: ``(unit, start, walls, ok, growth)``
+        each. ``walls`` has one entry per task that ran; the last one failed unless ``ok``. CPU
+        time was measured over the window and is shared in proportion to wall time
+        (``cpu_per_wall`` = window CPU / window wall); the peak memory is the window's.
+
+        It runs for every task of every run, so the common case is kept to a tuple append."""
+        append = self.tasks.append
+        listeners = self._listeners
+        for unit, started, walls, ok, growth_mb in entries:
+            tasks = unit.tasks
+            if len(walls) == 1:
+                node = tasks[0]
+                wall = walls[0]
+                append((node.key, node.name, worker, started, wall, cpu_per_wall, peak_rss_mb, ok))
+            else:
+                self._record_chain(tasks, worker, started, walls, cpu_per_wall, peak_rss_mb, ok)
+            if growth_mb:
+                for node, growth in zip(tasks, growth_mb, strict=False):
+                    self.growth.setdefault(node.name, []).append(growth)
+            for listener in listeners:
+                listener(unit.key, len(tasks), ok)
+
+    def _record_chain(
+        self,
+        tasks: Any,
+        worker: str,
+        started: float,
+        walls: list[float],
+        cpu_per_wall: float,
+        peak_rss_mb: float | None,
+        ok: bool,
+    ) -> None:
+        last = len(walls) - 1
+        for index, (node, wall) in enumerate(zip(tasks, walls, strict=False)):
+            record = (node.key, node.name, worker, started, wall, cpu_per_wall)
+            self.tasks.append((*record, peak_rss_mb, ok or index < last))
+            started += wall
 
     def note_failure(self, failure: TaskFailure, worker: str | None = None) -> None:
         """Record a failure the caller is told of (a task that raised, crashed, timed out)."""
@@ -203,7 +233,8 @@ class Monitor:
         """The data of ``run.json`` and of the HTML report (columnar task records)."""
         records = list(self.tasks)
         columns = ("key", "name", "worker", "start", "wall", "cpu", "peak_rss_mb", "ok")
-        tasks = {column: [r[i] for r in records] for i, column in enumerate(columns)}
+        rows = [(*r[:CPU_PER_WALL], r[WALL] * r[CPU_PER_WALL], *r[RSS:]) for r in records]
+        tasks = {column: [row[i] for row in rows] for i, column in enumerate(columns)}
         return {
             "version": 1,
             **facts,

@@ -361,7 +361,7 @@ def _describe_config(config: Config) -> str:
 def _write_used_config(config: Config) -> None:
     assert config.out_dir is not None
     os.makedirs(config.out_dir, exist_ok=True)
-    write_json(os.path.join(config.out_dir, CONFIG_FILE_NAME), config.to_dict())
+    write_json(os.path.join(config.out_dir, CONFIG_FILE_NAME), config.to_dict(), indent=2)
 
 
 def _chunk_name(fn: Any) -> str:

@@ -69,10 +69,10 @@ class RunFiles:
             self.handler = None
 
 
-def write_json(path: str, data: Any) -> None:
+def write_json(path: str, data: Any, indent: int | None = None) -> None:
     """Write ``data`` as JSON atomically: a reader never sees half a file."""
     temporary = f"{path}.tmp-{os.getpid()}"
     with open(temporary, "w", encoding="utf-8") as stream:
-        json.dump(data, stream, indent=1, sort_keys=True, default=str)
+        json.dump(data, stream, indent=indent, sort_keys=True, default=str)
         stream.write("\n")
     os.replace(temporary, path)

@@ -277,8 +277,7 @@ class MultiprocessingBackend(Backend):
         now = time.monotonic()
         worker.last_progress = self._last_completion = now
         window_wall = sum(sum(result[4]) for result in results)
-        cpu_per_wall = cpu / window_wall if window_wall > 0 else 0.0
-        record = self.monitor.record_unit
+        ran = []
         for job_id, status, data, started, walls, growth_mb in results:
             job = worker.outstanding.popleft()
             assert job.id == job_id, "results arrive in the order jobs were sent"
@@ -290,11 +289,10 @@ class MultiprocessingBackend(Backend):
                 else (0.8 * self._mean_seconds + 0.2 * seconds)
             )
             if walls:
-                ok = status == OK
-                record(
-                    job.unit, worker.name, started, walls, cpu_per_wall, peak_rss_mb, ok, growth_mb
-                )
+                ran.append((job.unit, started, walls, status == OK, growth_mb))
             self._deliver(job, status, data, worker.name)
+        cpu_per_wall = cpu / window_wall if window_wall > 0 else 0.0
+        self.monitor.record_units(worker.name, cpu_per_wall, peak_rss_mb, ran)
         if worker.stopping == "retire" and not worker.outstanding:
             worker.send_stop()
         return True
