@@ -68,7 +68,7 @@ def test_a_worker_dying_every_time_ends_in_worker_crashed_error():
         orch.compute(kill_self(signal.SIGKILL))
 
 
-def test_existing_client_is_used_and_left_running():
+def test_existing_client_is_used_and_left_running(tmp_path):
     from distributed import Client, LocalCluster
 
     with (
@@ -81,10 +81,18 @@ def test_existing_client_is_used_and_left_running():
         ) as local,
         Client(local) as client,
     ):
-        with ox.Orchestrator(mode="local_dask", client=client) as orch:
+        options = {"out_dir": str(tmp_path), "profiling": {"mode": "cprofile"}}
+        with ox.Orchestrator(mode="local_dask", client=client, **options) as orch:
             assert orch.compute(inc(41)) == 42
         assert client.status == "running"
         assert client.submit(abs, -3).result() == 3
+        # the workers outlive the orchestrator: its plugin left them when it closed
+        assert (
+            "orchestrix-observer"
+            not in client.run(lambda dask_worker: list(dask_worker.plugins)).popitem()[1]
+        )
+        assert len(list((tmp_path / "profiling" / "cprofile").glob("*.prof"))) == 1
+        assert (tmp_path / "profiling" / "cprofile_summary.txt").exists()
 
 
 def test_client_is_refused_outside_dask_modes():

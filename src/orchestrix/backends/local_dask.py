@@ -140,10 +140,21 @@ class DaskBackend(Backend):
             self._futures.clear()
         if self.client is not None and futures:
             self.client.cancel(futures)
+        if self.client is not None and not self._owns_client:
+            self._leave_shared_workers()
         if self._owns_client and self.client is not None:
             self.client.close()
         if self.cluster is not None:
             self.cluster.close()
+
+    def _leave_shared_workers(self) -> None:
+        """Workers of a cluster we do not own outlive us: undo our plugin there now (their
+        profiles are written, their log handlers removed) and stop listening."""
+        try:
+            self.client.unsubscribe_topic(TASK_TOPIC)
+            self.client.unregister_worker_plugin(ObserverPlugin.name)
+        except Exception as exc:  # noqa: BLE001 - a scheduler already gone
+            logger.warning("orchestrix: could not remove the worker plugin: %s", exc)
 
     # -- work ---------------------------------------------------------------------------------
 
