@@ -6,6 +6,7 @@ import glob
 import json
 import os
 import re
+from pathlib import Path
 
 import pytest
 
@@ -227,3 +228,18 @@ def test_loop_testing_reports_the_leaking_task(name):
     assert 6 <= leaks["leaky"]["growth_mb_per_run"] <= 10  # 8 MB kept per run
     assert abs(leaks["tidy"]["growth_mb_per_run"]) < 1
     assert "leaky grows private memory" in str(orch.summary())
+
+
+def test_report_of_a_real_run(tmp_path):
+    from orchestrix.__main__ import main
+
+    with ox.Orchestrator(mode="multiprocessing", nb_workers=2, out_dir=str(tmp_path)) as orch:
+        orch.compute([nap(0.01, i) for i in range(10)] + [hog(50)])
+        with pytest.raises(ox.TaskError):
+            orch.compute(fail("tile 7 is corrupt"))
+        path = orch.report(tmp_path / "live.html")
+    page = Path(path).read_text(encoding="utf-8")
+    assert "nap" in page and "hog" in page and "tile 7 is corrupt" in page
+    assert page.count("<svg") >= 3
+    assert main(["report", str(tmp_path)]) == 0  # the same from run.json, after close
+    assert "tile 7 is corrupt" in (tmp_path / "report.html").read_text(encoding="utf-8")

@@ -14,7 +14,8 @@ import pytest
 
 from orchestrix.__main__ import main
 from orchestrix.errors import OrchestrixError
-from orchestrix.report import MAX_RECTS, load_run_data, render_report, write_report
+from orchestrix.report import load_run_data, render_report, write_report
+from orchestrix.report_charts import MAX_RECTS
 from report_data import synthetic_run
 
 EVIL = "<script>alert(1)</script>"
@@ -222,3 +223,10 @@ def test_cli_without_run_json_fails_in_one_line(tmp_path, capsys):
     assert line.startswith("orchestrix: OrchestrixError: ")
     assert "run.json not found: it is written when an Orchestrator with out_dir closes" in line
     assert not (tmp_path / "report.html").exists()
+
+
+def test_cli_reports_an_unwritable_output_in_one_line(tmp_path, capsys):
+    (tmp_path / "run.json").write_text(json.dumps(synthetic_run(nb_tasks=5)))
+    assert main(["report", str(tmp_path), "-o", str(tmp_path / "missing" / "r.html")]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("orchestrix: OrchestrixError: cannot write ")

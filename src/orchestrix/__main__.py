@@ -74,7 +74,11 @@ def _report(args: argparse.Namespace) -> int:
     from .report import load_run_data, write_report
 
     data = load_run_data(args.out_dir)  # before choosing a path: no report without a run
-    print(write_report(data, args.output or os.path.join(args.out_dir, "report.html")))
+    path = args.output or os.path.join(args.out_dir, "report.html")
+    try:
+        print(write_report(data, path))
+    except OSError as exc:  # e.g. -o into a missing folder: one line, like the other errors
+        raise OrchestrixError(f"cannot write {path}: {exc.strerror or exc}") from None
     return 0
 
 

@@ -149,7 +149,7 @@ class ProcessObserver:
         self._started = False
         if self._profile is not None:
             self._profile.create_stats()
-            if self._profile.stats:  # type: ignore[attr-defined] # a worker that ran no task
+            if self._profile.stats:  # a worker that ran no task writes none
                 self._profile.dump_stats(self.profile_path("cprofile", ".prof"))
             self._profile = None
         if self._tracker is not None:
