@@ -1,4 +1,4 @@
-"""Command line: ``python -m orchestrix demo`` and ``python -m orchestrix plan``."""
+"""Command line: ``python -m orchestrix demo | plan | report OUT_DIR | profile OUT_DIR``."""
 
 from __future__ import annotations
 
