@@ -47,6 +47,11 @@ class UnitOutcome:
     growth_mb: list[float] | None = None
     usage: tuple[float, float] | None = None  # (CPU s, peak RSS MB), where measured per unit
 
+    def cpu_per_wall(self) -> float:
+        """CPU seconds per second of the tasks' wall time, where ``usage`` was measured."""
+        wall = sum(self.walls)
+        return self.usage[0] / wall if self.usage is not None and wall > 0 else 0.0
+
 
 class TaskCaller(Protocol):
     """Runs one task (the profilers of :mod:`orchestrix.observe` wrap it)."""

@@ -1,6 +1,6 @@
 """What the caller learns of its runs: one record per task execution, failures, retries.
 
-Backends report every unit they finish (:meth:`Monitor.record_unit`, called from whatever thread
+Backends report every unit they finish (:meth:`Monitor.record_units`, called from whatever thread
 they report from); the progress bars listen; :meth:`Monitor.summary` and :meth:`Monitor.run_data`
 turn the records into the run summary and the report's data. Recording is kept to a tuple append
 per task: it runs for every task of every run (the ``timing`` profiling mode, the default).
@@ -129,6 +129,13 @@ class Monitor:
         self.record_units(
             worker, cpu_per_wall, peak_rss_mb, [(unit, started, walls, ok, growth_mb)]
         )
+
+    def record_outcome(self, outcome: Any, worker: str) -> None:
+        """Record a unit's outcome whose usage was measured over the unit alone."""
+        peak_rss_mb = outcome.usage[1] if outcome.usage is not None else None
+        ok = outcome.failure is None
+        entry = (outcome.unit, outcome.started, outcome.walls, ok, outcome.growth_mb)
+        self.record_units(worker, outcome.cpu_per_wall(), peak_rss_mb, [entry])
 
     def record_units(
         self,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
-from .execute import CURRENT, call_task
+from .execute import CURRENT, TaskCaller, UnitOutcome, call_task, run_unit
 
 __all__ = [
     "MEASURED_RUNS",
@@ -29,6 +29,7 @@ __all__ = [
     "ProcessObserver",
     "UsageMeter",
     "WorkerSettings",
+    "run_measured",
     "worker_name",
 ]
 
@@ -91,6 +92,16 @@ class UsageMeter:
         if self._reset_fd is not None:
             os.close(self._reset_fd)
             self._reset_fd = None
+
+
+def run_measured(
+    unit: Any, inputs: Any, meter: UsageMeter, caller: TaskCaller | None, remote: bool = False
+) -> UnitOutcome:
+    """Run ``unit`` with its CPU time and peak memory measured (``outcome.usage``)."""
+    meter.begin()
+    outcome = run_unit(unit, inputs, remote=remote, caller=caller)
+    outcome.usage = meter.end()
+    return outcome
 
 
 class _OneLineEnd(logging.Formatter):

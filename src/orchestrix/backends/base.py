@@ -29,7 +29,7 @@ class Backend(ABC):
 
     def __init__(self, config: Any) -> None:
         self.config = config
-        #: every unit run is recorded here (see :meth:`Monitor.record_unit`)
+        #: every unit run is recorded here (see :meth:`Monitor.record_units`)
         self.monitor = Monitor()
 
     #: True for backends that schedule whole graphs themselves (dask): the engine then calls

@@ -15,9 +15,9 @@ from typing import Any
 from distributed import SchedulerPlugin, WorkerPlugin
 
 from ..errors import TaskTimeoutError
-from ..execute import TaskCaller, TaskFailure, UnitFailed, UnitOutcome, portable_failure, run_unit
+from ..execute import TaskCaller, TaskFailure, UnitFailed, UnitOutcome, portable_failure
 from ..factorize import WorkUnit
-from ..observe import ProcessObserver, UsageMeter, WorkerSettings
+from ..observe import ProcessObserver, UsageMeter, WorkerSettings, run_measured
 
 __all__ = [
     "TASK_TOPIC",
@@ -103,24 +103,19 @@ def _run_measured(unit: WorkUnit, inputs: dict[str, Any]) -> UnitOutcome:
         meter = _meters.meter = UsageMeter()  # per thread: its CPU clock is the thread's
     observer = _observer
     caller: TaskCaller | None = observer if observer is not None and observer.wraps_calls else None
-    meter.begin()
-    outcome = run_unit(unit, inputs, remote=True, caller=caller)
-    outcome.usage = meter.end()
-    return outcome
+    return run_measured(unit, inputs, meter, caller, remote=True)
 
 
 def _report_unit(unit: WorkUnit, outcome: UnitOutcome) -> None:
     """Tell the client that this unit ran (a dask event): its timing and memory."""
-    cpu, peak_rss_mb = outcome.usage or (0.0, None)
-    wall = sum(outcome.walls)
     event = [
         unit.key,
         [[node.key, node.name] for node in unit.tasks],
         _observer.name if _observer is not None else "",
         outcome.started,
         outcome.walls,
-        cpu / wall if wall > 0 else 0.0,
-        peak_rss_mb,
+        outcome.cpu_per_wall(),
+        outcome.usage[1] if outcome.usage is not None else None,
         outcome.failure is None,
         outcome.growth_mb,
     ]

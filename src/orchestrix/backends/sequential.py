@@ -12,9 +12,8 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..execute import run_unit
 from ..factorize import WorkUnit
-from ..observe import ProcessObserver, UsageMeter, worker_name
+from ..observe import ProcessObserver, UsageMeter, run_measured, worker_name
 from .base import Backend, Sink, worker_settings
 
 __all__ = ["SequentialBackend"]
@@ -35,20 +34,8 @@ class SequentialBackend(Backend):
         self._observer.start()
 
     def submit(self, unit: WorkUnit, inputs: Mapping[str, Any], sink: Sink) -> int:
-        self._meter.begin()
-        outcome = run_unit(unit, inputs, caller=self._caller)
-        cpu, peak_rss_mb = self._meter.end()
-        wall = sum(outcome.walls)
-        self.monitor.record_unit(
-            unit,
-            self._name,
-            outcome.started,
-            outcome.walls,
-            cpu / wall if wall > 0 else 0.0,
-            peak_rss_mb,
-            outcome.failure is None,
-            outcome.growth_mb,
-        )
+        outcome = run_measured(unit, inputs, self._meter, self._caller)
+        self.monitor.record_outcome(outcome, self._name)
         sink(outcome)
         return next(self._job_ids)
 
