@@ -114,22 +114,6 @@ class Monitor:
 
     # -- recording (backends) -----------------------------------------------------------------
 
-    def record_unit(
-        self,
-        unit: Any,
-        worker: str,
-        started: float,
-        walls: list[float],
-        cpu_per_wall: float,
-        peak_rss_mb: float | None,
-        ok: bool,
-        growth_mb: list[float] | None = None,
-    ) -> None:
-        """Record the tasks of ``unit`` that ran: see :meth:`record_units`."""
-        self.record_units(
-            worker, cpu_per_wall, peak_rss_mb, [(unit, started, walls, ok, growth_mb)]
-        )
-
     def record_outcome(self, outcome: Any, worker: str) -> None:
         """Record a unit's outcome whose usage was measured over the unit alone."""
         peak_rss_mb = outcome.usage[1] if outcome.usage is not None else None

@@ -34,7 +34,7 @@ from .graph import (
     map_nested,
 )
 from .monitor import RunSummary
-from .progress import ProgressBar, interactive, start_progress
+from .progress import ProgressBar, shows, start_progress
 from .runfiles import RunFiles, write_json
 from .sizing import resolve_pool_config
 
@@ -332,8 +332,7 @@ class Orchestrator(Executor):
     def _progress_bar(
         self, progress: bool | None, total: int, description: str, unit: str
     ) -> ProgressBar | None:
-        show = self.config.progress if progress is None else progress
-        if not (interactive() if show is None else show):
+        if not shows(self.config.progress if progress is None else progress):
             return None
         return ProgressBar(total, description, unit)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from .monitor import Monitor
 
-__all__ = ["ProgressBar", "interactive", "start_progress"]
+__all__ = ["ProgressBar", "interactive", "shows", "start_progress"]
 
 
 def interactive() -> bool:
@@ -62,6 +62,11 @@ class ProgressBar:
         self.bar.close()
 
 
+def shows(show: bool | None) -> bool:
+    """Whether a bar is shown: as asked, or (None) when someone is likely watching."""
+    return interactive() if show is None else show
+
+
 def _tqdm_class() -> Any:
     """tqdm's notebook widget in Jupyter when ipywidgets is there, else its text bar (tqdm.auto
     picks the widget in any kernel, and then fails without ipywidgets)."""
@@ -77,7 +82,7 @@ def start_progress(
 ) -> ProgressBar | None:
     """A bar over the tasks of ``units`` (objects with ``key`` and ``tasks``) if ``show`` (None:
     if :func:`interactive`), else None."""
-    if not (interactive() if show is None else show):
+    if not shows(show):
         return None
     sizes = {unit.key: len(unit.tasks) for unit in units}
     bar = ProgressBar(sum(sizes.values()), description)

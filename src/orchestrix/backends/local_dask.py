@@ -232,9 +232,8 @@ class DaskBackend(Backend):
         """A worker ran a unit (a dask event, in the client's event loop): record it."""
         key, labels, worker, started, walls, cpu_per_wall, peak_rss_mb, ok, growth = event[1]
         unit = _Labels(key, [_Labels(task_key, name) for task_key, name in labels])
-        self.monitor.record_unit(
-            unit, worker, started, walls, cpu_per_wall, peak_rss_mb, ok, growth
-        )
+        entry = (unit, started, walls, ok, growth)
+        self.monitor.record_units(worker, cpu_per_wall, peak_rss_mb, [entry])
 
     def _restart_later(self, workers: list[str]) -> None:
         """Restart workers without blocking distributed's callback thread."""

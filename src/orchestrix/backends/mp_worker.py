@@ -44,6 +44,9 @@ def worker_main(
     try:
         worker.serve()
     finally:
+        # Ending already: a SIGTERM from the pool's close must not cut the profile's writing
+        # short (the pool kills what has not ended after its grace period).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         observer.stop()
         worker.meter.close()
 
