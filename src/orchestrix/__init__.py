@@ -18,6 +18,7 @@ from .config import (
     SlurmDaskConfig,
 )
 from .errors import (
+    CanaryError,
     ConfigError,
     OrchestrixError,
     RemoteTraceback,
@@ -36,6 +37,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AutoConfig",
+    "CanaryError",
     "Config",
     "ConfigError",
     "Delayed",

@@ -1,4 +1,5 @@
-"""Command line: ``python -m orchestrix demo | plan | report OUT_DIR | profile OUT_DIR``."""
+"""Command line: ``python -m orchestrix demo | plan | status OUT_DIR | report OUT_DIR |
+profile OUT_DIR``."""
 
 from __future__ import annotations
 
@@ -33,8 +34,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = commands.add_parser("report", help="write the HTML report of a run's run.json")
     report.add_argument("out_dir", metavar="OUT_DIR", help="the run's out_dir")
     report.add_argument("-o", "--output", help="where to write it (default OUT_DIR/report.html)")
+    status = commands.add_parser(
+        "status", help="a run's task states, failures and times, from its journal"
+    )
+    status.add_argument("out_dir", metavar="OUT_DIR", help="the run's out_dir")
+    status.add_argument("--json", action="store_true", help="print it as JSON")
     args = parser.parse_args(argv)
     try:
+        if args.command == "status":
+            return _status(args)
         if args.command == "profile":
             return _profile(args)
         if args.command == "report":
@@ -57,6 +65,14 @@ def _demo(args: argparse.Namespace) -> int:
         options["out_dir"] = args.out_dir
     summary = run_demo(args.size, args.tile, **options)
     print(format_summary(summary, args.size, args.tile))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .status import format_status, read_status
+
+    status = read_status(args.out_dir)
+    print(json.dumps(status, indent=2) if args.json else format_status(status))
     return 0
 
 

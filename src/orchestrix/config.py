@@ -152,6 +152,18 @@ class Config:
         _optional(_is_bool),
         "progress bar (None: only when the output is a terminal or a notebook)",
     )
+    canary: int = _key(
+        0,
+        "an int >= 0",
+        lambda value: _is_int(value) and value >= 0,
+        "run the first N targets' subgraphs first; stop with CanaryError if one fails",
+    )
+    resume: bool = _key(
+        False,
+        "a bool",
+        _is_bool,
+        "keep final results in out_dir and load them instead of recomputing on a rerun",
+    )
 
     MODE: ClassVar[str] = ""
 
@@ -167,6 +179,10 @@ class Config:
             raise ConfigError(
                 f"key 'profiling' asks for {self.profiling.mode!r} profiling, which writes files: "
                 "set 'out_dir' too"
+            )
+        if self.resume and self.out_dir is None:
+            raise ConfigError(
+                "key 'resume' keeps results in 'out_dir' to load them on a rerun: set 'out_dir' too"
             )
 
     def to_dict(self) -> dict[str, Any]:

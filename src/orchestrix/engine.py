@@ -15,10 +15,11 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .backends.base import Backend
-from .errors import RemoteTraceback, TaskError, UpstreamTaskError
+from .errors import CanaryError, RemoteTraceback, TaskError, UpstreamTaskError
 from .execute import TaskFailure, UnitOutcome
 from .factorize import WorkUnit, factorize, one_unit_per_task
 from .graph import Delayed, build_graph
+from .store import ResultStore
 
 __all__ = ["Engine"]
 
@@ -26,11 +27,24 @@ logger = logging.getLogger("orchestrix")
 
 
 class Engine:
-    """Runs graphs on one backend. Each call of :meth:`run` is independent of the others."""
+    """Runs graphs on one backend. Each call of :meth:`run` is independent of the others.
 
-    def __init__(self, backend: Backend, factorize_tasks: bool = True) -> None:
+    ``canary=N`` runs the subgraphs of the first N targets before the others, and stops with
+    :class:`CanaryError` if one fails; ``store`` (a :class:`ResultStore`) keeps each target's
+    result and hands back those it holds instead of computing them again (resume).
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        factorize_tasks: bool = True,
+        canary: int = 0,
+        store: ResultStore | None = None,
+    ) -> None:
         self.backend = backend
         self.factorize_tasks = factorize_tasks
+        self.canary = canary
+        self.store = store
 
     def plan(self, targets: Sequence[Delayed]) -> list[WorkUnit]:
         """The units that running ``targets`` would hand to the backend, in topological order."""
@@ -51,28 +65,109 @@ class Engine:
         ``watch(units)`` is called once planned (a progress bar starts); what it returns is
         called when the run ends.
         """
-        units = self.plan(targets)
-        if not units:
-            return
-        run = _Run(units, targets, self.backend.monitor)
-        logger.debug("run: %d targets, %d units", len(targets), len(run.units))
-        stop_watching = watch(units) if watch is not None else None
+        targets = list(targets)
+        stored, todo = self._split_stored(targets)
+        phases = [
+            (positions, self.plan([targets[i] for i in positions]), canary)
+            for positions, canary in self._phases(targets, todo)
+        ]
+        monitor = self.backend.monitor
+        for _, units, canary in reversed(phases):  # a unit in both phases is the canary's
+            monitor.note_registered(units, canary)
+        every_unit = [unit for _, units, _ in phases for unit in units]
+        logger.debug("run: %d targets, %d units", len(targets), len(every_unit))
+        stop_watching = watch(every_unit) if watch is not None and every_unit else None
         try:
-            if self.backend.runs_graphs:
-                yield from run.drive_graph(self.backend)
-            else:
-                yield from run.drive(self.backend)
+            yield from self._load(targets, stored)
+            for positions, units, canary in phases:
+                yield from self._run_phase(
+                    [targets[i] for i in positions], positions, units, canary
+                )
         finally:
-            self.backend.cancel(list(run.in_flight.values()))
             if stop_watching is not None:
                 stop_watching()
+
+    def _run_phase(
+        self, targets: list[Delayed], positions: list[int], units: list[WorkUnit], canary: bool
+    ) -> Iterator[tuple[int, Any]]:
+        run = _Run(units, targets, self.backend.monitor, self.store)
+        finished = False
+        try:
+            driven = run.drive_graph if self.backend.runs_graphs else run.drive
+            for position, value in driven(self.backend):
+                yield positions[position], value
+            finished = True
+        except TaskError as error:
+            if canary:
+                raise CanaryError(
+                    error.key,
+                    error.name,
+                    f"the canary run (the first {self.canary} targets) failed, so the other "
+                    f"targets were not scheduled: {error}",
+                ) from error
+            raise
+        finally:
+            self.backend.cancel(list(run.in_flight.values()))
+            if not finished:  # those still running are killed
+                self.backend.monitor.note_stopped(units)
+
+    def _split_stored(self, targets: list[Delayed]) -> tuple[dict[str, list[int]], list[int]]:
+        """The positions of targets whose results are stored (by key), and of the others."""
+        if self.store is None:
+            return {}, list(range(len(targets)))
+        stored: dict[str, list[int]] = {}
+        todo = []
+        known: dict[str, bool] = {}
+        for position, target in enumerate(targets):
+            key = target.key
+            if key not in known:
+                known[key] = self.store.contains(key)
+            if known[key]:
+                stored.setdefault(key, []).append(position)
+            else:
+                todo.append(position)
+        return stored, todo
+
+    def _load(
+        self, targets: list[Delayed], stored: dict[str, list[int]]
+    ) -> Iterator[tuple[int, Any]]:
+        if not stored:
+            return
+        assert self.store is not None
+        loaded = [(key, targets[positions[0]].name) for key, positions in stored.items()]
+        self.backend.monitor.note_loaded(loaded)
+        for key, positions in stored.items():
+            value = self.store.load(key)
+            for position in positions:
+                index = targets[position].index
+                yield position, value if index is None else value[index]
+
+    def _phases(self, targets: list[Delayed], todo: list[int]) -> list[tuple[list[int], bool]]:
+        """``(positions, canary)`` of each phase: the canary's targets first, if there is a
+        rest to hold back."""
+        if not todo:
+            return []
+        keys = list(dict.fromkeys(targets[position].key for position in todo))
+        if not self.canary or len(keys) <= self.canary:
+            return [(todo, False)]
+        first = set(keys[: self.canary])
+        canary = [position for position in todo if targets[position].key in first]
+        rest = [position for position in todo if targets[position].key not in first]
+        return [(canary, True), (rest, False)]
 
 
 class _Run:
     """The state of one run: what waits for what, which values are still needed."""
 
-    def __init__(self, units: list[WorkUnit], targets: Sequence[Delayed], monitor: Any) -> None:
+    def __init__(
+        self,
+        units: list[WorkUnit],
+        targets: Sequence[Delayed],
+        monitor: Any,
+        store: ResultStore | None = None,
+    ) -> None:
         self.monitor = monitor
+        self.store = store
         self.units = {unit.key: unit for unit in units}
         self.missing_inputs = {unit.key: len(unit.deps) for unit in units}
         self.readers: dict[str, list[str]] = {key: [] for key in self.units}
@@ -143,6 +238,8 @@ class _Run:
         if not places:
             return
         value = backend.materialize(outcome.value)
+        if self.store is not None:  # before the caller sees it: a value seen is a value kept
+            self.store.save(outcome.unit.key, value)
         for position, index in places:
             yield position, value if index is None else value[index]
 

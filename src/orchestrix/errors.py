@@ -87,6 +87,12 @@ class WorkerMemoryError(TaskError):
         return (type(self), (self.key, self.name, str(self), self.peak_rss_mb, self.limit_mb))
 
 
+class CanaryError(TaskError):
+    """A task of the canary run (``canary=N``: the first N targets, run before the others)
+    failed, so the rest of the graph was not scheduled. ``key`` and ``name`` are the failed
+    target's; ``__cause__`` is its :class:`TaskError`."""
+
+
 class StallError(TaskError):
     """No task finished for ``task_timeout`` seconds, twice: the run is stopped."""
 

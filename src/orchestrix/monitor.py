@@ -52,6 +52,8 @@ class RunSummary:
     tasks_failed: int
     tasks_retried: int
     throughput_per_s: float
+    #: final tasks a resumed run loaded from out_dir instead of running them
+    tasks_loaded: int = 0
     by_name: dict[str, NameStats] = field(default_factory=dict)
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)
     leaks: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -64,14 +66,16 @@ class RunSummary:
             f"{self.tasks_done} tasks done, {self.tasks_failed} failed, {self.tasks_retried} "
             f"retried in {self.wall_seconds:.2f} s ({self.throughput_per_s:,.1f} tasks/s)"
         ]
+        if self.tasks_loaded:
+            lines.append(f"{self.tasks_loaded} final tasks loaded from an earlier run (resume)")
         if self.by_name:
             lines.append(
                 f"{'task':<32} {'count':>7} {'mean':>9} {'median':>9} {'p95':>9} {'peak RSS':>10}"
             )
             for name, stats in self.by_name.items():
                 lines.append(
-                    f"{_clip(name, 32):<32} {stats.count:>7} {_seconds(stats.mean_s):>9} "
-                    f"{_seconds(stats.median_s):>9} {_seconds(stats.p95_s):>9} "
+                    f"{_clip(name, 32):<32} {stats.count:>7} {format_seconds(stats.mean_s):>9} "
+                    f"{format_seconds(stats.median_s):>9} {format_seconds(stats.p95_s):>9} "
                     f"{_megabytes(stats.max_peak_rss_mb):>10}"
                 )
         for worker, facts in self.workers.items():
@@ -89,8 +93,8 @@ class RunSummary:
     def _repr_html_(self) -> str:
         head = "".join(f"<th>{h}</th>" for h in ("task", "count", "mean", "median", "p95", "RSS"))
         rows = "".join(
-            f"<tr><td>{html.escape(name)}</td><td>{s.count}</td><td>{_seconds(s.mean_s)}</td>"
-            f"<td>{_seconds(s.median_s)}</td><td>{_seconds(s.p95_s)}</td>"
+            f"<tr><td>{html.escape(name)}</td><td>{s.count}</td><td>{format_seconds(s.mean_s)}</td>"
+            f"<td>{format_seconds(s.median_s)}</td><td>{format_seconds(s.p95_s)}</td>"
             f"<td>{_megabytes(s.max_peak_rss_mb)}</td></tr>"
             for name, s in self.by_name.items()
         )
@@ -108,8 +112,11 @@ class Monitor:
         self.tasks: list[tuple[Any, ...]] = []
         self.failures: list[dict[str, Any]] = []
         self.retried = 0
+        self.loaded = 0
         self.growth: dict[str, list[float]] = {}
         self._listeners: tuple[Listener, ...] = ()
+        #: the journal and the user's callbacks (see :mod:`orchestrix.tracking`)
+        self.trackers: tuple[Any, ...] = ()
         self._lock = threading.Lock()
 
     # -- recording (backends) -----------------------------------------------------------------
@@ -149,6 +156,8 @@ class Monitor:
                     self.growth.setdefault(node.name, []).append(growth)
             for listener in listeners:
                 listener(unit.key, len(tasks), ok)
+        for tracker in self.trackers:
+            tracker.post(("recorded", worker, peak_rss_mb, entries))
 
     def _record_chain(
         self,
@@ -172,18 +181,52 @@ class Monitor:
         text = failure.traceback_text
         if text is None and error.__traceback__ is not None:
             text = "".join(traceback.format_exception(error))
-        self.failures.append(
-            {
-                "key": failure.key,
-                "name": failure.name,
-                "worker": worker,
-                "error": f"{type(error).__name__}: {error}",
-                "traceback": text,
-            }
-        )
+        entry = {
+            "key": failure.key,
+            "name": failure.name,
+            "worker": worker,
+            "error": f"{type(error).__name__}: {error}",
+            "traceback": text,
+        }
+        self.failures.append(entry)
+        for tracker in self.trackers:
+            tracker.post(("failed", entry))
 
-    def note_retry(self) -> None:
+    def note_retry(self, unit: Any = None) -> None:
+        """A unit goes back to the queue (its worker died, or stalled)."""
         self.retried += 1
+        if unit is not None:
+            for tracker in self.trackers:
+                tracker.post(("retried", unit))
+
+    # -- task states, for the trackers (see :mod:`orchestrix.tracking`) ------------------------
+
+    def note_registered(self, units: list[Any], canary: bool = False) -> None:
+        """A run will run these units (``canary``: in its test run, before the others)."""
+        for tracker in self.trackers:
+            tracker.post(("registered", units, canary))
+
+    def note_started(self, units: list[Any], worker: str, when: float | None = None) -> None:
+        """These units were sent to ``worker`` (or began there at ``when``, epoch seconds)."""
+        if self.trackers:
+            event = ("started", units, worker, time.time() if when is None else when)
+            for tracker in self.trackers:
+                tracker.post(event)
+
+    def note_stopped(self, units: list[Any]) -> None:
+        """A run stopped early; those of these units that were running are killed."""
+        for tracker in self.trackers:
+            tracker.post(("stopped", units))
+
+    def note_loaded(self, tasks: list[tuple[str, str]]) -> None:
+        """Final tasks ``(key, name)`` whose results a resumed run loaded instead of running."""
+        self.loaded += len(tasks)
+        for tracker in self.trackers:
+            tracker.post(("loaded", tasks))
+
+    def add_tracker(self, tracker: Any) -> None:
+        with self._lock:
+            self.trackers = (*self.trackers, tracker)
 
     def close(self) -> None:
         if self.ended is None:
@@ -212,6 +255,7 @@ class Monitor:
             tasks_failed=len(failed_keys),
             tasks_retried=self.retried,
             throughput_per_s=_throughput(done),
+            tasks_loaded=self.loaded,
             by_name=_stats_by_name(done),
             workers=_worker_facts(records),
             leaks={
@@ -322,7 +366,7 @@ def _max(a: float | None, b: float | None) -> float | None:
     return a if b is None else max(a, b)
 
 
-def _seconds(value: float) -> str:
+def format_seconds(value: float) -> str:
     if value >= 1:
         return f"{value:.2f} s"
     if value >= 1e-3:

@@ -11,6 +11,7 @@ import concurrent.futures
 import functools
 import html
 import itertools
+import logging
 import os
 import threading
 import time
@@ -21,6 +22,7 @@ from typing import Any
 
 from .backends import create_backend, create_backend_class
 from .backends.base import Backend
+from .callbacks import CallbackTracker, TaskEvent
 from .config import Config, load_config_file, parse_config
 from .engine import Engine, task_error
 from .execute import UnitOutcome
@@ -33,10 +35,13 @@ from .graph import (
     find_delayed,
     map_nested,
 )
+from .journal import Journal
 from .monitor import RunSummary
 from .progress import ProgressBar, shows, start_progress
 from .runfiles import RunFiles, write_json
 from .sizing import resolve_pool_config
+from .store import RESULTS_DIR, ResultStore
+from .tracking import Tracker
 
 __all__ = ["Orchestrator"]
 
@@ -57,15 +62,25 @@ class Orchestrator(Executor):
         /,
         *,
         client: Any = None,
+        on_task_done: Callable[[TaskEvent], Any] | None = None,
+        on_run_end: Callable[[RunSummary], Any] | None = None,
         **options: Any,
     ) -> None:
+        for name, callback in (("on_task_done", on_task_done), ("on_run_end", on_run_end)):
+            if callback is not None and not callable(callback):
+                raise TypeError(f"{name} must be callable, got {type(callback).__name__}")
         parsed = parse_config(config, **options)
         create_backend_class(parsed)  # an unbuilt mode is refused before the machine is sized
         self.config: Config
         self.config, self.sizing_reasons = resolve_pool_config(parsed)
         extras = {"client": client} if client is not None else {}
         self._backend = create_backend(self.config, **extras)
-        self._engine = Engine(self._backend, self.config.factorize_tasks)
+        out_dir = self.config.out_dir
+        store = None
+        if self.config.resume:
+            assert out_dir is not None  # the config checked it
+            store = ResultStore(os.path.join(out_dir, RESULTS_DIR))
+        self._engine = Engine(self._backend, self.config.factorize_tasks, self.config.canary, store)
         self._closed = False
         self._lock = threading.Lock()
         self._futures: dict[Future[Any], int] = {}  # submitted calls not finished -> job id
@@ -78,8 +93,13 @@ class Orchestrator(Executor):
             "nb_workers": getattr(self.config, "nb_workers", None),
             "profiling": self.config.profiling.mode,
         }
+        trackers = _start_trackers(self.config, on_task_done)
+        for tracker in trackers:
+            self.monitor.add_tracker(tracker)
         # The finalizer holds what closing needs, never self: it also runs at interpreter exit.
-        self._finalizer = weakref.finalize(self, _close, self._backend, files, facts)
+        self._finalizer = weakref.finalize(
+            self, _close, self._backend, files, facts, trackers, on_run_end
+        )
         try:
             self._backend.start()
         except BaseException:
@@ -264,6 +284,7 @@ class Orchestrator(Executor):
         future: Future[Any] = Future()
         node = TaskNode.call(fn, name or _name_of(fn), args, kwargs, f"call{next(_CALL_IDS)}")
         unit = WorkUnit((node,), ())
+        self.monitor.note_registered([unit])
         job = self._backend.submit(unit, {}, functools.partial(self._settle, future))
         with self._lock:
             self._futures[future] = job
@@ -345,12 +366,39 @@ def _html_row(key: str, cell_html: str) -> str:
     return f"<tr><th style='text-align:left'>{html.escape(key)}</th><td>{cell_html}</td></tr>"
 
 
-def _close(backend: Backend, files: RunFiles, facts: dict[str, Any]) -> None:
-    """Stop the backend (workers write their profiles as they end), then write the run's files."""
+def _start_trackers(
+    config: Config, on_task_done: Callable[[TaskEvent], Any] | None
+) -> tuple[Tracker, ...]:
+    trackers: list[Tracker] = []
+    if config.out_dir is not None:
+        trackers.append(Journal(config.out_dir, config.resume))
+    if on_task_done is not None:
+        trackers.append(CallbackTracker(on_task_done))
+    return tuple(trackers)
+
+
+def _close(
+    backend: Backend,
+    files: RunFiles,
+    facts: dict[str, Any],
+    trackers: tuple[Tracker, ...],
+    on_run_end: Callable[[RunSummary], Any] | None,
+) -> None:
+    """Stop the backend (workers write their profiles as they end), then write the run's files,
+    settle the journal and the callbacks, and call ``on_run_end``."""
     try:
         backend.close()
     finally:
-        files.finish(backend.monitor, facts)
+        try:
+            files.finish(backend.monitor, facts)
+        finally:
+            for tracker in trackers:
+                tracker.close()
+            if on_run_end is not None:
+                try:
+                    on_run_end(backend.monitor.summary())
+                except Exception:  # a notification must not break the close
+                    logging.getLogger("orchestrix").exception("orchestrix: on_run_end raised")
 
 
 def _describe_config(config: Config) -> str:

@@ -20,6 +20,7 @@ from ..factorize import WorkUnit
 from ..observe import ProcessObserver, UsageMeter, WorkerSettings, run_measured
 
 __all__ = [
+    "START_TOPIC",
     "TASK_TOPIC",
     "CompletionCounter",
     "Label",
@@ -31,6 +32,8 @@ __all__ = [
 
 #: the dask event topic on which workers report each unit they ran (timing, memory)
 TASK_TOPIC = "orchestrix-unit"
+#: the topic on which workers report each unit they start (for the journal, with out_dir only)
+START_TOPIC = "orchestrix-start"
 _observer: ProcessObserver | None = None  # this worker process's, set up by ObserverPlugin
 _meters = threading.local()
 
@@ -67,6 +70,8 @@ def run_unit_task(label: Label, payload: bytes, timeout: float | None, *values: 
             TaskFailure(label.key, label.name, error, traceback.format_exc())
         ) from None
     inputs = dict(zip(unit.deps, values, strict=True))
+    if _observer is not None and _observer.settings.out_dir is not None:
+        _post(START_TOPIC, [unit.key, _labels(unit), _observer.name, time.time()])
     if timeout is None:
         outcome = _run_measured(unit, inputs)
     else:
@@ -110,7 +115,7 @@ def _report_unit(unit: WorkUnit, outcome: UnitOutcome) -> None:
     """Tell the client that this unit ran (a dask event): its timing and memory."""
     event = [
         unit.key,
-        [[node.key, node.name] for node in unit.tasks],
+        _labels(unit),
         _observer.name if _observer is not None else "",
         outcome.started,
         outcome.walls,
@@ -119,10 +124,18 @@ def _report_unit(unit: WorkUnit, outcome: UnitOutcome) -> None:
         outcome.failure is None,
         outcome.growth_mb,
     ]
+    _post(TASK_TOPIC, event)
+
+
+def _labels(unit: WorkUnit) -> list[list[str]]:
+    return [[node.key, node.name] for node in unit.tasks]
+
+
+def _post(topic: str, event: list[Any]) -> None:
     try:
         from distributed import get_worker
 
-        get_worker().log_event(TASK_TOPIC, event)
+        get_worker().log_event(topic, event)
     except ValueError:
         pass  # not in a worker (a test calling the task function directly)
 

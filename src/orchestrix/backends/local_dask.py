@@ -27,6 +27,7 @@ from ..factorize import WorkUnit
 from ..transfer import dumps_work
 from .base import Backend, Sink, worker_settings
 from .dask_tasks import (
+    START_TOPIC,
     TASK_TOPIC,
     CompletionCounter,
     Label,
@@ -78,6 +79,8 @@ class DaskBackend(Backend):
         if self.dashboard_link:
             logger.warning("orchestrix: dask dashboard at %s", self.dashboard_link)
         self.client.subscribe_topic(TASK_TOPIC, self._on_unit_event)
+        if self.config.out_dir is not None:  # the journal wants to know what runs
+            self.client.subscribe_topic(START_TOPIC, self._on_start_event)
         plugin = ObserverPlugin(worker_settings(self.config))
         self.client.register_plugin(plugin, name=ObserverPlugin.name)
         if self.config.use_memory_logger and self.config.out_dir:
@@ -152,6 +155,8 @@ class DaskBackend(Backend):
         profiles are written, their log handlers removed) and stop listening."""
         try:
             self.client.unsubscribe_topic(TASK_TOPIC)
+            if self.config.out_dir is not None:
+                self.client.unsubscribe_topic(START_TOPIC)
             self.client.unregister_worker_plugin(ObserverPlugin.name)
         except Exception as exc:  # noqa: BLE001 - a scheduler already gone
             logger.warning("orchestrix: could not remove the worker plugin: %s", exc)
@@ -234,6 +239,12 @@ class DaskBackend(Backend):
         unit = _Labels(key, [_Labels(task_key, name) for task_key, name in labels])
         entry = (unit, started, walls, ok, growth)
         self.monitor.record_units(worker, cpu_per_wall, peak_rss_mb, [entry])
+
+    def _on_start_event(self, event: tuple[float, list[Any]]) -> None:
+        """A worker starts a unit (a dask event, in the client's event loop)."""
+        key, labels, worker, when = event[1]
+        unit = _Labels(key, [_Labels(task_key, name) for task_key, name in labels])
+        self.monitor.note_started([unit], worker, when)
 
     def _restart_later(self, workers: list[str]) -> None:
         """Restart workers without blocking distributed's callback thread."""

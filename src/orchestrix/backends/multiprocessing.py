@@ -227,6 +227,8 @@ class MultiprocessingBackend(Backend):
         if not worker.outstanding:
             worker.last_progress = now
         worker.outstanding.extend(jobs)
+        if self.monitor.trackers:
+            self.monitor.note_started([job.unit for job in jobs], worker.name)
         message = (RUN, [job.id for job in jobs], payload)
         try:
             worker.conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
@@ -367,7 +369,7 @@ class MultiprocessingBackend(Backend):
                 )
                 self._report(job, failure=StallError(unit.key, unit.name, message))
             else:
-                self.monitor.note_retry()
+                self.monitor.note_retry(job.unit)
                 with self._lock:
                     self._pending.appendleft(job)
         else:
@@ -376,7 +378,7 @@ class MultiprocessingBackend(Backend):
     def _retry_or_fail(self, job: _Job, error: TaskError) -> None:
         job.attempts += 1
         if job.attempts <= self.config.retries:
-            self.monitor.note_retry()
+            self.monitor.note_retry(job.unit)
             logger.warning(
                 "orchestrix: %s; retrying (%d/%d)", error, job.attempts, self.config.retries
             )

@@ -34,6 +34,8 @@ class SequentialBackend(Backend):
         self._observer.start()
 
     def submit(self, unit: WorkUnit, inputs: Mapping[str, Any], sink: Sink) -> int:
+        if self.monitor.trackers:
+            self.monitor.note_started([unit], self._name)
         outcome = run_measured(unit, inputs, self._meter, self._caller)
         self.monitor.record_outcome(outcome, self._name)
         sink(outcome)

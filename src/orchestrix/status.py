@@ -1,0 +1,127 @@
+"""``python -m orchestrix status OUT_DIR``: what a run's journal says, while it runs or after.
+
+It only reads: the journal (SQLite in WAL mode) may be written by the live run meanwhile.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sqlite3
+from typing import Any
+
+from .errors import OrchestrixError
+from .journal import JOURNAL_FILE, STATES, connect, run_is_alive
+from .monitor import format_seconds
+
+__all__ = ["format_status", "read_status"]
+
+
+def read_status(out_dir: str) -> dict[str, Any]:
+    """The state of the run in ``out_dir``: counts per state, failed tasks, time per task name,
+    the last run and whether it is alive."""
+    path = os.path.join(out_dir, JOURNAL_FILE)
+    if not os.path.exists(path):
+        raise OrchestrixError(
+            f"no journal in {out_dir!r}: a run writes {JOURNAL_FILE} when out_dir is set"
+        )
+    try:
+        connection = connect(path, readonly=True)
+        try:
+            return _query(connection, out_dir)
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError as exc:
+        raise OrchestrixError(f"cannot read the journal {path}: {exc}") from None
+
+
+def _query(connection: sqlite3.Connection, out_dir: str) -> dict[str, Any]:
+    counts = dict.fromkeys(STATES, 0)
+    counts.update(connection.execute("SELECT state, count(*) FROM tasks GROUP BY state"))
+    (loaded,) = connection.execute(
+        "SELECT count(*) FROM tasks WHERE state = 'DONE' AND resumed = 1"
+    ).fetchone()
+    failed = [
+        {"key": key, "name": name, "worker": worker, "error": _last_line(error)}
+        for key, name, worker, error in connection.execute(
+            "SELECT key, name, worker, error FROM tasks WHERE state = 'FAILED' ORDER BY ended, key"
+        )
+    ]
+    by_name = [
+        {"name": name, "count": count, "mean_s": mean, "max_peak_rss_mb": peak}
+        for name, count, mean, peak in connection.execute(
+            "SELECT name, count(*), avg(ended - started), max(peak_rss_mb) FROM tasks "
+            "WHERE state = 'DONE' AND ended IS NOT NULL GROUP BY name "
+            "ORDER BY sum(ended - started) DESC"
+        )
+    ]
+    row = connection.execute(
+        "SELECT id, host, pid, started, ended, outcome FROM runs ORDER BY id DESC LIMIT 1"
+    ).fetchone()
+    run = None
+    if row is not None:
+        run = dict(zip(("id", "host", "pid", "started", "ended", "outcome"), row, strict=True))
+    return {
+        "out_dir": out_dir,
+        "alive": run_is_alive(out_dir),
+        "run": run,
+        "counts": counts,
+        "total": sum(counts.values()),
+        "loaded": loaded,
+        "failed": failed,
+        "by_name": by_name,
+    }
+
+
+def format_status(status: dict[str, Any], max_failed: int = 20) -> str:
+    """The status as lines of text, for a terminal."""
+    lines = [_run_line(status)]
+    counts = status["counts"]
+    states = ", ".join(f"{state} {counts[state]:,}" for state in STATES if counts[state])
+    lines.append(f"tasks: {status['total']:,}" + (f" ({states})" if states else ""))
+    if status["loaded"]:
+        lines.append(
+            f"  of which DONE in an earlier run and loaded by resume: {status['loaded']:,}"
+        )
+    failed = status["failed"]
+    if failed:
+        lines.append(f"failed tasks ({len(failed)}):")
+        for task in failed[:max_failed]:
+            lines.append(f"  {task['name']} ({task['key']}): {task['error'] or '?'}")
+        if len(failed) > max_failed:
+            lines.append(f"  ... and {len(failed) - max_failed} more")
+    if status["by_name"]:
+        lines.append(f"{'task':<32} {'done':>8} {'mean time':>10} {'peak RSS':>10}")
+        for entry in status["by_name"]:
+            mean, peak = entry["mean_s"], entry["max_peak_rss_mb"]
+            lines.append(
+                f"{entry['name'][:32]:<32} {entry['count']:>8,} "
+                f"{'-' if mean is None else format_seconds(mean):>10} "
+                f"{'-' if peak is None else f'{peak:,.0f} MB':>10}"
+            )
+    return "\n".join(lines)
+
+
+def _run_line(status: dict[str, Any]) -> str:
+    run = status["run"]
+    if run is None:
+        return "no run recorded"
+    where = f"run {run['id']} on {run['host']} (pid {run['pid']}), started {_when(run['started'])}"
+    if status["alive"]:
+        return f"{where}: ALIVE"
+    if run["ended"] is not None:
+        return f"{where}: ended at {_when(run['ended'])}"
+    return f"{where}: NOT ALIVE, ended without closing (killed or crashed)"
+
+
+def _last_line(text: str | None) -> str | None:
+    if not text:
+        return text
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else None
+
+
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return "?"
+    return datetime.datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S")

@@ -1,0 +1,88 @@
+"""Results of final tasks kept in ``out_dir/results`` for resumed runs (``resume=True``).
+
+One file per task key: a numpy array as ``<key>.npy``, anything else pickled as ``<key>.pkl``.
+A file is written under a temporary name and renamed into place, so a reader (a rerun after the
+caller was killed mid-write) sees either the whole result or none. Keys are stable across runs
+and change with the task's code or arguments, so a stored result is the result of that call.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import sys
+import uuid
+from typing import Any
+
+from .errors import OrchestrixError
+
+__all__ = ["RESULTS_DIR", "ResultStore"]
+
+RESULTS_DIR = "results"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_MAX_NAME = 200  # well under the usual 255-byte limit, with room for the suffixes
+
+
+class ResultStore:
+    """Final results by task key, in ``directory``."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        os.makedirs(directory, exist_ok=True)
+
+    def contains(self, key: str) -> bool:
+        base = self._base(key)
+        return os.path.exists(base + ".npy") or os.path.exists(base + ".pkl")
+
+    def load(self, key: str) -> Any:
+        base = self._base(key)
+        try:
+            if os.path.exists(base + ".npy"):
+                import numpy
+
+                return numpy.load(base + ".npy", allow_pickle=False)
+            with open(base + ".pkl", "rb") as stream:
+                return pickle.load(stream)
+        except Exception as exc:  # say which file, and how to get past it
+            raise OrchestrixError(
+                f"cannot load the stored result of task {key!r} from {base}.npy|.pkl: "
+                f"{type(exc).__name__}: {exc}; delete that file to compute it again"
+            ) from exc
+
+    def save(self, key: str, value: Any) -> str:
+        """Store ``value`` atomically; return the file's path."""
+        base = self._base(key)
+        temporary = f"{base}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            if _is_plain_array(value):
+                import numpy
+
+                with open(temporary, "wb") as stream:
+                    numpy.save(stream, value, allow_pickle=False)
+                path = base + ".npy"
+            else:
+                with open(temporary, "wb") as stream:
+                    pickle.dump(value, stream, protocol=pickle.HIGHEST_PROTOCOL)
+                path = base + ".pkl"
+            os.replace(temporary, path)
+        except BaseException:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+            raise
+        return path
+
+    def _base(self, key: str) -> str:
+        name = _UNSAFE.sub("_", key)
+        if len(name) > _MAX_NAME:  # keep the end: the token that makes the key unique
+            name = name[-_MAX_NAME:]
+        return os.path.join(self.directory, name)
+
+
+def _is_plain_array(value: Any) -> bool:
+    """A numpy array that .npy holds exactly (not a subclass such as a masked array, whose
+    mask would be lost; not an array of Python objects)."""
+    numpy = sys.modules.get("numpy")
+    if numpy is None:
+        return False
+    return type(value) in (numpy.ndarray, numpy.memmap) and not value.dtype.hasobject

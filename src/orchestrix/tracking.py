@@ -1,0 +1,99 @@
+"""Trackers: consumers of a run's task events (the journal, the user's callbacks).
+
+The monitor posts each event to every tracker as one queue put, from whatever thread reports it;
+a tracker handles its events in a thread of its own, so a slow disk or a slow callback never holds
+up the backends. Events are tuples whose first item names them:
+
+- ``("registered", units, canary)``: a run will run these units (``canary``: in its test run);
+- ``("started", units, worker, when)``: these units were sent to ``worker`` (epoch seconds);
+- ``("recorded", worker, peak_rss_mb, entries)``: units ran (see ``Monitor.record_units``);
+- ``("failed", failure)``: a task failed, the caller is told (the monitor's failure dict);
+- ``("retried", unit)``: a unit goes back to the queue after its worker died;
+- ``("stopped", units)``: the run stopped (an error, Ctrl-C, closing) while these could run;
+- ``("loaded", tasks)``: ``(key, name)`` of final tasks whose stored results a resumed run loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Any
+
+__all__ = ["Tracker"]
+
+logger = logging.getLogger("orchestrix")
+_CLOSE = ("close",)
+
+
+class Tracker:
+    """Handles posted events in its own thread, in batches, in the order they were posted.
+
+    ``batch_seconds`` > 0 gathers the events of that long into one batch (one disk write), at the
+    price of that much delay; the thread sleeps in a queue get while nothing happens.
+    """
+
+    batch_seconds = 0.0
+
+    def __init__(self, name: str) -> None:
+        self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def post(self, event: tuple[Any, ...]) -> None:
+        """Queue an event (any thread; cheap: it runs for every unit of a run)."""
+        self._queue.put(event)
+
+    def close(self) -> None:
+        """Handle every event posted so far, then stop the thread. Idempotent."""
+        if not self._closing.is_set():
+            self._closing.set()  # ends a batch's wait at once
+            self._queue.put(_CLOSE)
+        self._thread.join()
+
+    # -- for subclasses ----------------------------------------------------------------------
+
+    def handle(self, events: list[tuple[Any, ...]]) -> None:
+        """Handle a batch of events (in the tracker's thread)."""
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """Called once in the tracker's thread after the last batch."""
+
+    # -- the thread ---------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        try:
+            closing = False
+            while not closing:
+                events = [self._queue.get()]  # blocks: no wake-ups while nothing happens
+                if self.batch_seconds and events[0] is not _CLOSE:
+                    self._closing.wait(self.batch_seconds)
+                events += _drain(self._queue)
+                if any(event is _CLOSE for event in events):
+                    closing = True
+                    events = [event for event in events if event is not _CLOSE]
+                self._handle_safely(events)
+        finally:
+            try:
+                self.finish()
+            except Exception:  # a tracker must not break the caller's run
+                logger.exception("orchestrix: %s failed while finishing", self._thread.name)
+
+    def _handle_safely(self, events: list[tuple[Any, ...]]) -> None:
+        if not events:
+            return
+        try:
+            self.handle(events)
+        except Exception:  # a tracker must not break the caller's run
+            logger.exception("orchestrix: %s failed; some task events are lost", self._thread.name)
+
+
+def _drain(source: queue.SimpleQueue[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    events = []
+    while True:
+        try:
+            events.append(source.get_nowait())
+        except queue.Empty:
+            return events
