@@ -196,6 +196,17 @@ def kill_worker_once(marker, value):
     return value
 
 
+@ox.task
+def wait_file(path):
+    """Runs until ``path`` exists: a task that a test releases when it has seen it run."""
+    import os
+    import time
+
+    while not os.path.exists(path):
+        time.sleep(0.01)
+    return 0
+
+
 def _append(path, value):
     """One line per call, so that tests can count executions across processes."""
     with open(path, "a") as stream:
