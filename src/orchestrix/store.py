@@ -21,6 +21,7 @@ __all__ = ["RESULTS_DIR", "ResultStore"]
 
 RESULTS_DIR = "results"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_TEMPORARY = re.compile(r"\.tmp-(\d+)-[0-9a-f]{8}$")
 _MAX_NAME = 200  # well under the usual 255-byte limit, with room for the suffixes
 
 
@@ -30,6 +31,17 @@ class ResultStore:
     def __init__(self, directory: str) -> None:
         self.directory = directory
         os.makedirs(directory, exist_ok=True)
+        self._remove_orphans()
+
+    def _remove_orphans(self) -> None:
+        """Delete what writers that died mid-write left (their temporary files)."""
+        for name in os.listdir(self.directory):
+            match = _TEMPORARY.search(name)
+            if match is not None and not _alive(int(match.group(1))):
+                try:
+                    os.remove(os.path.join(self.directory, name))
+                except FileNotFoundError:
+                    pass
 
     def contains(self, key: str) -> bool:
         base = self._base(key)
@@ -77,6 +89,16 @@ class ResultStore:
         if len(name) > _MAX_NAME:  # keep the end: the token that makes the key unique
             name = name[-_MAX_NAME:]
         return os.path.join(self.directory, name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def _is_plain_array(value: Any) -> bool:
