@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 
+from .callbacks import TaskEvent
 from .config import (
     AutoConfig,
     Config,
@@ -53,6 +54,7 @@ __all__ = [
     "StallError",
     "TaskError",
     "TaskTimeoutError",
+    "TaskEvent",
     "TaskFunction",
     "UpstreamTaskError",
     "WorkerCrashedError",

@@ -4,6 +4,10 @@ It is backend-independent. Ready units are handed over depth first: the dependen
 unit makes ready go before units that were ready earlier, so started chains finish before new ones
 open and intermediate values are released early. A value is dropped as soon as every unit that
 reads it has been given it.
+
+A run has up to two phases: with ``canary=N`` the subgraphs of the first N targets run first. With
+a result store (resume), stored targets are loaded instead of planned, and each target's result is
+stored before the caller sees it. Task states go to the monitor (registered, stopped, loaded).
 """
 
 from __future__ import annotations

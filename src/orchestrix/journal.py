@@ -46,25 +46,34 @@ CREATE TABLE IF NOT EXISTS runs (
     resume INTEGER, argv TEXT);
 CREATE TABLE IF NOT EXISTS tasks (
     key TEXT PRIMARY KEY, name TEXT, state TEXT, attempts INTEGER, worker TEXT, started REAL,
-    ended REAL, peak_rss_mb REAL, error TEXT, canary INTEGER, resumed INTEGER, run INTEGER);
-CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state);
+    ended REAL, peak_rss_mb REAL, error TEXT, canary INTEGER, resumed INTEGER, run INTEGER)
+    WITHOUT ROWID;
 """
-_COLUMNS = "key, name, state, attempts, worker, started, ended, peak_rss_mb, error, canary, resumed"
-# A row whose every value is known replaces the stored one; a partial row (an event about a task
-# this journal has not seen since it was last written) only sets what it knows.
-_REPLACE = f"INSERT OR REPLACE INTO tasks ({_COLUMNS}, run) VALUES ({', '.join('?' * 12)})"
+_COLUMNS = "key, name, state, attempts, worker, started, ended, peak_rss_mb, error, canary"
+# Statements of a run (``{run}``: its id, a literal: fewer values to bind per row is faster). A
+# row whose every value is known replaces the stored one: a final row, or a live one (no end,
+# no peak, no error yet). A partial row (an event about a task that this journal holds no row of)
+# only sets what it knows; a loaded result keeps the times of the run that computed it.
+_REPLACE_FINAL = (
+    f"INSERT OR REPLACE INTO tasks ({_COLUMNS}, resumed, run) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, {run})"
+)
+_REPLACE_LIVE = (
+    "INSERT OR REPLACE INTO tasks (key, name, state, attempts, worker, started, canary, resumed, "
+    "run) VALUES (?, ?, ?, ?, ?, ?, ?, 0, {run})"
+)
 _MERGE = (
-    f"INSERT INTO tasks ({_COLUMNS}, run) VALUES ({', '.join('?' * 12)}) ON CONFLICT (key) DO "
-    "UPDATE SET state = excluded.state, attempts = coalesce(excluded.attempts, attempts), "
-    "worker = coalesce(excluded.worker, worker), started = coalesce(excluded.started, started), "
-    "ended = coalesce(excluded.ended, ended), "
+    f"INSERT INTO tasks ({_COLUMNS}, resumed, run) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, {run}) "
+    "ON CONFLICT (key) DO UPDATE SET state = excluded.state, "
+    "attempts = coalesce(excluded.attempts, attempts), worker = coalesce(excluded.worker, worker), "
+    "started = coalesce(excluded.started, started), ended = coalesce(excluded.ended, ended), "
     "peak_rss_mb = coalesce(excluded.peak_rss_mb, peak_rss_mb), "
     "error = CASE WHEN excluded.state = 'DONE' THEN NULL ELSE coalesce(excluded.error, error) END, "
     "resumed = excluded.resumed, run = excluded.run"
 )
-# Fields of an in-memory row (the columns after the key, then whether every value is known).
-NAME, STATE, ATTEMPTS, WORKER, STARTED, ENDED, RSS, ERROR, CANARY, RESUMED, COMPLETE = range(11)
-_FINAL = frozenset((DONE, FAILED, KILLED))
+# Fields of the in-memory row of a task not yet final (REGISTERED, RUNNING or TESTING).
+NAME, STATE, ATTEMPTS, WORKER, STARTED, CANARY = range(6)
 _LIVE = (RUNNING, TESTING)
 
 
@@ -75,6 +84,9 @@ def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
     connection = sqlite3.connect(path, timeout=30, isolation_level=None)  # explicit transactions
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=NORMAL")  # commits stay atomic; no fsync per commit
+    # Keys are hashes, so rows land at random places in the table: a cache that holds the table
+    # (64 MB at most, taken only as it grows) halves the cost of a write.
+    connection.execute("PRAGMA cache_size=-65536")
     return connection
 
 
@@ -107,9 +119,16 @@ class Journal(Tracker):
         except BaseException:
             os.close(self._lock_fd)
             raise
-        self._rows: dict[str, list[Any]] = {}
-        self._dirty: set[str] = set()
+        # Rows not final yet, and which of them changed since the last write.
+        self._live: dict[str, list[Any]] = {}
+        self._changed: set[str] = set()
+        # Rows that became final since the last write, whole (replace) or partial (merge).
+        self._final: dict[str, tuple[Any, ...]] = {}
+        self._partial: dict[str, tuple[Any, ...]] = {}
         self._connection: sqlite3.Connection | None = None
+        self._statements = [
+            sql.format(run=self.run_id) for sql in (_REPLACE_FINAL, _MERGE, _REPLACE_LIVE)
+        ]
         super().__init__("orchestrix-journal")
 
     def close(self) -> None:
@@ -147,6 +166,8 @@ class Journal(Tracker):
             fcntl.flock(self._lock_fd, fcntl.LOCK_SH)  # from exclusive (or none) to shared
 
     # -- events (the journal's thread) ----------------------------------------------------------
+    # The common path (registered, started, recorded within one batch) is kept to a few list
+    # and dict operations per task: it runs for every task of every run with out_dir.
 
     def handle(self, events: list[tuple[Any, ...]]) -> None:
         for event in events:
@@ -154,10 +175,9 @@ class Journal(Tracker):
         self._write()
 
     def finish(self) -> None:
-        for key, row in self._rows.items():
+        for key, row in list(self._live.items()):
             if row[STATE] in _LIVE:  # still running as the orchestrator closes: stopped
-                row[STATE] = KILLED
-                self._dirty.add(key)
+                self._finalize(key, row, KILLED)
         self._write()
         connection = self._connect()
         connection.execute(
@@ -167,105 +187,128 @@ class Journal(Tracker):
         self._connection = None
 
     def _on_registered(self, units: list[Any], canary: bool) -> None:
-        rows, dirty, flag = self._rows, self._dirty, int(canary)
+        live, changed, flag = self._live, self._changed, int(canary)
         for unit in units:
             for node in unit.tasks:
-                rows[node.key] = [
-                    node.name,
-                    REGISTERED,
-                    0,
-                    None,
-                    None,
-                    None,
-                    None,
-                    None,
-                    flag,
-                    0,
-                    True,
-                ]
-                dirty.add(node.key)
+                live[node.key] = [node.name, REGISTERED, 0, None, None, flag]
+                changed.add(node.key)
 
     def _on_started(self, units: list[Any], worker: str, when: float) -> None:
+        live, changed = self._live, self._changed
         for unit in units:
             for node in unit.tasks:
-                row = self._row(node.key, node.name)
+                row = live.get(node.key)
+                if row is None:  # final already (a rerun of a task kept in an earlier batch)
+                    row = live[node.key] = [node.name, REGISTERED, 0, None, None, 0]
                 row[STATE] = TESTING if row[CANARY] else RUNNING
-                row[ATTEMPTS] = (row[ATTEMPTS] or 0) + 1
-                row[WORKER], row[STARTED], row[ENDED] = worker, when, None
+                row[ATTEMPTS] += 1
+                row[WORKER] = worker
+                row[STARTED] = when
+                changed.add(node.key)
 
     def _on_recorded(
         self, worker: str, peak_rss_mb: float | None, entries: list[tuple[Any, ...]]
     ) -> None:
+        live, final = self._live, self._final
         for unit, started, walls, ok, _ in entries:
             ran = len(walls)
             for index, node in enumerate(unit.tasks):
-                row = self._row(node.key, node.name)
+                key = node.key
+                row = live.pop(key, None)
                 if index >= ran:  # after the task that failed: it never ran
-                    row[STATE] = REGISTERED
+                    self._back_to_registered(key, node.name, row)
                     continue
                 ended = started + walls[index]
-                failed = not ok and index == ran - 1
-                row[STATE] = FAILED if failed else DONE
-                row[WORKER], row[STARTED], row[ENDED], row[RSS] = (
-                    worker,
-                    started,
-                    ended,
-                    peak_rss_mb,
-                )
+                state = FAILED if not ok and index == ran - 1 else DONE
+                if row is None:
+                    self._record_unknown(key, node.name, state, worker, started, ended, peak_rss_mb)
+                else:
+                    final[key] = (key, row[NAME], state, row[ATTEMPTS], worker, started, ended,
+                                  peak_rss_mb, None, row[CANARY])  # fmt: skip
                 started = ended
 
     def _on_failed(self, failure: dict[str, Any]) -> None:
-        row = self._row(failure["key"], failure["name"])
-        row[STATE] = FAILED
-        row[ERROR] = failure["traceback"] or failure["error"]
-        if failure["worker"] is not None:
-            row[WORKER] = failure["worker"]
+        key, error, worker = (
+            failure["key"],
+            failure["traceback"] or failure["error"],
+            failure["worker"],
+        )
+        row = self._live.pop(key, None)
+        if row is not None:
+            self._finalize(key, row, FAILED, error=error, worker=worker)
+            return
+        known = self._final.get(key)
+        if known is not None:  # recorded as failed in this batch: add the error
+            self._final[key] = (*known[:2], FAILED, known[3], worker or known[4], *known[5:8],
+                                error, known[9])  # fmt: skip
+            return
+        self._partial[key] = (key, failure["name"], FAILED, None, worker, None, None, None, error,
+                              0)  # fmt: skip
 
     def _on_retried(self, unit: Any) -> None:
         for node in unit.tasks:
-            self._row(node.key, node.name)[STATE] = REGISTERED
+            row = self._live.get(node.key)
+            if row is not None:
+                row[STATE] = REGISTERED
+                self._changed.add(node.key)
 
     def _on_stopped(self, units: list[Any]) -> None:
+        live = self._live
         for unit in units:
             for node in unit.tasks:
-                row = self._rows.get(node.key)
+                row = live.get(node.key)
                 if row is not None and row[STATE] in _LIVE:
-                    row[STATE] = KILLED
-                    self._dirty.add(node.key)
+                    del live[node.key]
+                    self._finalize(node.key, row, KILLED)
 
     def _on_loaded(self, tasks: list[tuple[str, str]]) -> None:
-        for key, name in tasks:
-            row = self._row(key, name)
-            row[STATE], row[RESUMED] = DONE, 1
+        for key, name in tasks:  # keeps the times of the run that computed it
+            self._partial[key] = (key, name, DONE, None, None, None, None, None, None, 1)
 
-    def _row(self, key: str, name: str) -> list[Any]:
-        """The in-memory row of ``key`` (a partial one if not held), marked as changed."""
-        row = self._rows.get(key)
+    def _finalize(
+        self, key: str, row: list[Any], state: str, error: str | None = None, worker: Any = None
+    ) -> None:
+        self._live.pop(key, None)
+        worker = worker or row[WORKER]
+        self._final[key] = (key, row[NAME], state, row[ATTEMPTS], worker, row[STARTED], None,
+                            None, error, row[CANARY])  # fmt: skip
+
+    def _back_to_registered(self, key: str, name: str, row: list[Any] | None) -> None:
         if row is None:
-            row = self._rows[key] = [name, None, None, None, None, None, None, None, 0, 0, False]
-        self._dirty.add(key)
-        return row
+            row = [name, REGISTERED, 0, None, None, 0]
+        row[STATE], row[WORKER], row[STARTED] = REGISTERED, None, None
+        self._live[key] = row
+        self._changed.add(key)
+
+    def _record_unknown(self, key: str, name: str, state: str, *times: Any) -> None:
+        """A task this journal holds no row of (killed, then it finished after all)."""
+        known = self._final.pop(key, None)
+        if known is not None:
+            self._final[key] = (key, name, state, known[3], *times, None, known[9])
+        else:
+            self._partial[key] = (key, name, state, None, *times, None, 0)
 
     # -- writing ------------------------------------------------------------------------------
 
     def _write(self) -> None:
-        if not self._dirty:
+        live = self._live
+        changed = [
+            (key, row[NAME], row[STATE], row[ATTEMPTS], row[WORKER], row[STARTED], row[CANARY])
+            for key in self._changed
+            if (row := live.get(key)) is not None
+        ]
+        self._changed.clear()
+        if not (changed or self._final or self._partial):
             return
-        complete: list[tuple[Any, ...]] = []
-        partial: list[tuple[Any, ...]] = []
-        run, rows = self.run_id, self._rows
-        for key in self._dirty:
-            row = rows[key]
-            values = (key, *row[:COMPLETE], run)
-            (complete if row[COMPLETE] else partial).append(values)
-            if row[STATE] in _FINAL:
-                del rows[key]  # nothing more to learn: keep only live rows in memory
-        self._dirty.clear()
         connection = self._connect()
         connection.execute("BEGIN")
-        connection.executemany(_REPLACE, complete)
-        connection.executemany(_MERGE, partial)
+        statements = self._statements
+        connection.executemany(statements[0], self._final.values())
+        connection.executemany(statements[1], self._partial.values())
+        connection.executemany(statements[2], changed)
         connection.execute("COMMIT")
+        self._final.clear()
+        self._partial.clear()
 
     def _connect(self) -> sqlite3.Connection:
         if self._connection is None:
