@@ -113,7 +113,10 @@ def test_retry_returns_to_registered_then_runs_again(parallel, tmp_path):
         assert orch.compute(kill_worker_once(str(tmp_path / "marker"), 7)) == 7
     (row,) = rows(out)
     assert row["state"] == "DONE"
-    assert row["attempts"] == 2  # sent twice: the first worker died
+    if parallel["mode"] == "multiprocessing":
+        assert row["attempts"] == 2  # sent twice: the first worker died
+    else:  # a dask worker killed as it starts a task may die before its start event leaves it
+        assert row["attempts"] in (1, 2)
 
 
 def test_states_are_visible_while_running(parallel, tmp_path):
