@@ -186,8 +186,8 @@ def test_no_journal_without_out_dir(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", ["sequential", "multiprocessing"])
 def test_journal_survives_kill_9(name, tmp_path):
-    """The caller is killed while it writes thousands of task states a second: the journal is
-    still a sound database, its states are the last batch committed, status reads it."""
+    """The caller and the journal's writer are killed together while thousands of task states
+    a second are written: the journal is still a sound database, status reads it."""
     out = str(tmp_path / "run")
     script = (
         "import orchestrix as ox, tasks\n"
@@ -200,7 +200,7 @@ def test_journal_survives_kill_9(name, tmp_path):
         wait_for(lambda: _counts(out, quiet=True)["DONE"] >= 1000, what="tasks DONE")
         time.sleep(0.3)  # in the middle of writing batches
     finally:
-        _kill(child)
+        _kill(child, with_descendants=True)
     connection = sqlite3.connect(os.path.join(out, JOURNAL_FILE))
     assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     connection.close()
@@ -261,7 +261,10 @@ def test_resume_after_sigkill_recomputes_only_unfinished_tasks(durable, tmp_path
     assert not alive, f"the killed run left processes behind: {alive}"
     stored = _stored(results)
     assert stored < durable_job.TASKS, "the run finished before it was killed"
-    assert read_status(out)["alive"] is False
+    status = read_status(out)
+    assert status["alive"] is False
+    # The journal's writer outlived its caller: it wrote what it had and marked the run killed.
+    assert status["run"]["outcome"] == "killed" and status["run"]["ended"] is None
     before = len(recorded(log))
 
     values = durable_job.run(durable, out, log)
@@ -448,13 +451,20 @@ def _spawn(arguments):
     return subprocess.Popen([sys.executable, *arguments], env=_child_env())
 
 
-def _kill(child):
-    """SIGKILL the child alone (as the OOM killer would); return its descendants."""
+def _kill(child, with_descendants=False):
+    """SIGKILL the child (as the OOM killer would), and its descendants too if asked; return
+    its descendants."""
     try:
         descendants = psutil.Process(child.pid).children(recursive=True)
     except psutil.NoSuchProcess:
         descendants = []
     os.kill(child.pid, signal.SIGKILL)
+    if with_descendants:
+        for process in descendants:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
     child.wait()
     return descendants
 

@@ -112,14 +112,19 @@ class Journal(Tracker):
             os.close(self._lock_fd)  # the run is over: status sees it ended
             self._lock_fd = -1
 
+    def post(self, event: tuple[Any, ...]) -> None:
+        # Made plain here, in the thread that posts, rather than in the journal's thread: a second
+        # thread busy with Python work makes every GIL release of the posting thread (each system
+        # call of a task's measurement) a thread switch, which cost more than the work itself.
+        super().post(_COMPACT[event[0]](event))
+
     def handle(self, events: list[tuple[Any, ...]]) -> None:
-        batch = [_COMPACT[event[0]](event) for event in events]
         if self._process is None:
             assert self._local is not None
-            self._local.handle(batch)
+            self._local.handle(events)
             return
         assert self._process.stdin is not None
-        pickle.dump(batch, self._process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump(events, self._process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
         self._process.stdin.flush()
 
     def finish(self) -> None:
@@ -195,21 +200,29 @@ def _tasks(units: Any) -> list[tuple[str, str]]:
     return [(node.key, node.name) for unit in units for node in unit.tasks]
 
 
+def _keys(units: Any) -> list[str]:
+    """The task keys of units: the names are the writer's already (from registration)."""
+    return [key for unit in units for key in _unit_keys(unit)]
+
+
+def _unit_keys(unit: Any) -> Any:
+    tasks = unit.tasks
+    return (tasks[0].key,) if len(tasks) == 1 else [node.key for node in tasks]
+
+
 def _recorded(event: tuple[Any, ...]) -> tuple[Any, ...]:
-    entries = [
-        ([(node.key, node.name) for node in unit.tasks], started, walls, ok)
-        for unit, started, walls, ok, _ in event[3]
-    ]
+    entries = [(_unit_keys(unit), started, walls, ok) for unit, started, walls, ok, _ in event[3]]
     return ("recorded", event[1], event[2], entries)
 
 
-# Each event as the writer takes it: tasks as (key, name), nothing that holds code or data.
+# Each event as the writer takes it: tasks as keys, or (key, name) where the writer may not know
+# the name yet; nothing that holds code or data.
 _COMPACT: dict[str, Callable[[tuple[Any, ...]], tuple[Any, ...]]] = {
     "registered": lambda event: ("registered", _tasks(event[1]), event[2]),
-    "started": lambda event: ("started", _tasks(event[1]), event[2], event[3]),
+    "started": lambda event: ("started", _keys(event[1]), event[2], event[3]),
     "recorded": _recorded,
     "failed": lambda event: event,
-    "retried": lambda event: ("retried", _tasks([event[1]])),
-    "stopped": lambda event: ("stopped", _tasks(event[1])),
+    "retried": lambda event: ("retried", _keys([event[1]])),
+    "stopped": lambda event: ("stopped", _keys(event[1])),
     "loaded": lambda event: event,
 }

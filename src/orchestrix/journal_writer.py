@@ -101,12 +101,12 @@ class JournalWriter:
             live[key] = [name, REGISTERED, 0, None, None, flag]
             changed.add(key)
 
-    def _on_started(self, tasks: list[tuple[str, str]], worker: str, when: float) -> None:
+    def _on_started(self, keys: list[str], worker: str, when: float) -> None:
         live, changed = self._live, self._changed
-        for key, name in tasks:
+        for key in keys:
             row = live.get(key)
             if row is None:  # final already (a rerun of a task kept in an earlier batch)
-                row = live[key] = [name, REGISTERED, 0, None, None, 0]
+                row = live[key] = [_name_of(key), REGISTERED, 0, None, None, 0]
             row[STATE] = TESTING if row[CANARY] else RUNNING
             row[ATTEMPTS] += 1
             row[WORKER] = worker
@@ -117,17 +117,17 @@ class JournalWriter:
         self, worker: str, peak_rss_mb: float | None, entries: list[tuple[Any, ...]]
     ) -> None:
         live, final = self._live, self._final
-        for tasks, started, walls, ok in entries:
+        for keys, started, walls, ok in entries:
             ran = len(walls)
-            for index, (key, name) in enumerate(tasks):
+            for index, key in enumerate(keys):
                 row = live.pop(key, None)
                 if index >= ran:  # after the task that failed: it never ran
-                    self._back_to_registered(key, name, row)
+                    self._back_to_registered(key, row)
                     continue
                 ended = started + walls[index]
                 state = FAILED if not ok and index == ran - 1 else DONE
                 if row is None:
-                    self._record_unknown(key, name, state, worker, started, ended, peak_rss_mb)
+                    self._record_unknown(key, state, worker, started, ended, peak_rss_mb)
                 else:
                     final[key] = (key, row[NAME], state, row[ATTEMPTS], worker, started, ended,
                                   peak_rss_mb, None, row[CANARY])  # fmt: skip
@@ -147,16 +147,16 @@ class JournalWriter:
             return
         self._partial[key] = (key, name, FAILED, None, worker, None, None, None, error, 0)
 
-    def _on_retried(self, tasks: list[tuple[str, str]]) -> None:
-        for key, _ in tasks:
+    def _on_retried(self, keys: list[str]) -> None:
+        for key in keys:
             row = self._live.get(key)
             if row is not None:
                 row[STATE] = REGISTERED
                 self._changed.add(key)
 
-    def _on_stopped(self, tasks: list[tuple[str, str]]) -> None:
+    def _on_stopped(self, keys: list[str]) -> None:
         live = self._live
-        for key, _ in tasks:
+        for key in keys:
             row = live.get(key)
             if row is not None and row[STATE] in _LIVE:
                 self._finalize(key, row, KILLED)
@@ -173,20 +173,20 @@ class JournalWriter:
         self._final[key] = (key, row[NAME], state, row[ATTEMPTS], worker, row[STARTED], None,
                             None, error, row[CANARY])  # fmt: skip
 
-    def _back_to_registered(self, key: str, name: str, row: list[Any] | None) -> None:
+    def _back_to_registered(self, key: str, row: list[Any] | None) -> None:
         if row is None:
-            row = [name, REGISTERED, 0, None, None, 0]
+            row = [_name_of(key), REGISTERED, 0, None, None, 0]
         row[STATE], row[WORKER], row[STARTED] = REGISTERED, None, None
         self._live[key] = row
         self._changed.add(key)
 
-    def _record_unknown(self, key: str, name: str, state: str, *times: Any) -> None:
+    def _record_unknown(self, key: str, state: str, *times: Any) -> None:
         """A task this journal holds no row of (killed, then it finished after all)."""
         known = self._final.pop(key, None)
         if known is not None:
-            self._final[key] = (key, name, state, known[3], *times, None, known[9])
+            self._final[key] = (key, known[1], state, known[3], *times, None, known[9])
         else:
-            self._partial[key] = (key, name, state, None, *times, None, 0)
+            self._partial[key] = (key, _name_of(key), state, None, *times, None, 0)
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -214,6 +214,12 @@ class JournalWriter:
         if self._connection is None:
             self._connection = connect(self.path)
         return self._connection
+
+
+def _name_of(key: str) -> str:
+    """The task name in a key (``name-token``), for a task the writer was not told the name of."""
+    name, _, token = key.rpartition("-")
+    return name if name and len(token) == 32 else key
 
 
 def main() -> None:
