@@ -23,11 +23,11 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
-from .tracking import Tracker
+from .journal_codec import ENCODERS, decode
 
 __all__ = ["JOURNAL_FILE", "STATES", "Journal", "connect", "run_is_alive"]
 
@@ -85,14 +85,13 @@ def run_is_alive(out_dir: str) -> bool:
     return False
 
 
-class Journal(Tracker):
+class Journal:
     """The journal of one orchestrator: opened at start, closed (and its run ended) at close.
 
-    Its thread turns the posted events into plain ``(key, name)`` lists, once per batch, and
-    sends them to the writer process (:mod:`orchestrix.journal_writer`). If that process cannot
-    start, the thread writes itself."""
-
-    batch_seconds = BATCH_SECONDS
+    :meth:`post` (any thread, for every unit) appends the event, flattened, to a buffer; the
+    journal's thread sends the buffer to the writer process (:mod:`orchestrix.journal_writer`)
+    every ``BATCH_SECONDS`` while events come, and sleeps while none do. If the writer process
+    cannot start, the thread writes itself."""
 
     def __init__(self, out_dir: str, resume: bool) -> None:
         os.makedirs(out_dir, exist_ok=True)
@@ -104,43 +103,76 @@ class Journal(Tracker):
         except BaseException:
             os.close(self._lock_fd)
             raise
-        super().__init__("orchestrix-journal")
+        self._buffer: list[Any] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()  # set: the buffer has events
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._send_batches, name="orchestrix-journal")
+        self._thread.daemon = True
+        self._thread.start()
+
+    def post(self, event: tuple[Any, ...]) -> None:
+        """Record an event (see :mod:`orchestrix.tracking`); cheap, from any thread."""
+        encode = ENCODERS[event[0]]
+        with self._lock:
+            encode(self._buffer.append, event)
+        if not self._wake.is_set():
+            self._wake.set()
 
     def close(self) -> None:
-        super().close()
+        """Send what is left, end the run in the journal, wait for the writer. Idempotent."""
+        if not self._closing.is_set():
+            self._closing.set()
+            self._wake.set()
+        self._thread.join()
         if self._lock_fd >= 0:
             os.close(self._lock_fd)  # the run is over: status sees it ended
             self._lock_fd = -1
 
-    def post(self, event: tuple[Any, ...]) -> None:
-        # Made plain here, in the thread that posts, rather than in the journal's thread: a second
-        # thread busy with Python work makes every GIL release of the posting thread (each system
-        # call of a task's measurement) a thread switch, which cost more than the work itself.
-        super().post(_COMPACT[event[0]](event))
+    # -- the journal's thread -------------------------------------------------------------------
 
-    def handle(self, events: list[tuple[Any, ...]]) -> None:
+    def _send_batches(self) -> None:
+        try:
+            while not self._closing.is_set():
+                self._wake.wait()
+                self._closing.wait(BATCH_SECONDS)  # gather a batch (ends at once on close)
+                self._send(self._take())
+            self._send(self._take())
+        except Exception:  # a journal must not break the caller's run
+            logger.exception("orchestrix: the journal failed; task states are no longer written")
+        finally:
+            self._finish()
+
+    def _take(self) -> list[Any]:
+        with self._lock:
+            batch, self._buffer = self._buffer, []
+            self._wake.clear()  # under the lock: an event posted after this sets it again
+        return batch
+
+    def _send(self, batch: list[Any]) -> None:
+        if not batch:
+            return
         if self._process is None:
-            assert self._local is not None
-            self._local.handle(events)
+            self._local.handle(list(decode(batch)))
             return
         assert self._process.stdin is not None
-        pickle.dump(events, self._process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump(batch, self._process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
         self._process.stdin.flush()
 
-    def finish(self) -> None:
+    def _finish(self) -> None:
         if self._process is None:
-            assert self._local is not None
             self._local.finish(closed=True)
             return
         assert self._process.stdin is not None
         try:
             pickle.dump(None, self._process.stdin)  # the close: the run ended normally
             self._process.stdin.close()
-        finally:
-            if self._process.wait() != 0:
-                logger.warning(
-                    "orchestrix: the journal writer exited with %s", self._process.returncode
-                )
+        except OSError as exc:  # the writer died
+            logger.warning("orchestrix: could not end the journal: %s", exc)
+        if self._process.wait() != 0:
+            logger.warning(
+                "orchestrix: the journal writer exited with %s", self._process.returncode
+            )
 
     def _start_writer(self) -> tuple[subprocess.Popen[bytes] | None, Any]:
         command = [sys.executable, "-m", "orchestrix.journal_writer", self.path, str(self.run_id)]
@@ -194,35 +226,3 @@ def _try_lock(descriptor: int, operation: int) -> bool:
     except BlockingIOError:
         return False
     return True
-
-
-def _tasks(units: Any) -> list[tuple[str, str]]:
-    return [(node.key, node.name) for unit in units for node in unit.tasks]
-
-
-def _keys(units: Any) -> list[str]:
-    """The task keys of units: the names are the writer's already (from registration)."""
-    return [key for unit in units for key in _unit_keys(unit)]
-
-
-def _unit_keys(unit: Any) -> Any:
-    tasks = unit.tasks
-    return (tasks[0].key,) if len(tasks) == 1 else [node.key for node in tasks]
-
-
-def _recorded(event: tuple[Any, ...]) -> tuple[Any, ...]:
-    entries = [(_unit_keys(unit), started, walls, ok) for unit, started, walls, ok, _ in event[3]]
-    return ("recorded", event[1], event[2], entries)
-
-
-# Each event as the writer takes it: tasks as keys, or (key, name) where the writer may not know
-# the name yet; nothing that holds code or data.
-_COMPACT: dict[str, Callable[[tuple[Any, ...]], tuple[Any, ...]]] = {
-    "registered": lambda event: ("registered", _tasks(event[1]), event[2]),
-    "started": lambda event: ("started", _keys(event[1]), event[2], event[3]),
-    "recorded": _recorded,
-    "failed": lambda event: event,
-    "retried": lambda event: ("retried", _keys([event[1]])),
-    "stopped": lambda event: ("stopped", _keys(event[1])),
-    "loaded": lambda event: event,
-}

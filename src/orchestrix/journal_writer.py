@@ -12,6 +12,7 @@ marks the run killed.
 
 from __future__ import annotations
 
+import os
 import pickle
 import signal
 import sqlite3
@@ -20,8 +21,11 @@ import time
 from typing import Any
 
 from .journal import DONE, FAILED, KILLED, REGISTERED, RUNNING, TESTING, connect
+from .journal_codec import decode
 
 __all__ = ["JournalWriter", "main"]
+
+NICENESS = 10
 
 _COLUMNS = "key, name, state, attempts, worker, started, ended, peak_rss_mb, error, canary"
 # Statements of a run (``{run}``: its id, a literal: fewer values to bind per row is faster). A
@@ -225,6 +229,9 @@ def _name_of(key: str) -> str:
 def main() -> None:
     """``python -m orchestrix.journal_writer PATH RUN_ID``: apply the batches read on stdin."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
+    # The computation comes first: on a busy machine the journal lags (its batches wait in the
+    # pipe) rather than take CPU time from the caller and the workers.
+    os.nice(NICENESS)
     writer = JournalWriter(sys.argv[1], int(sys.argv[2]))
     source = sys.stdin.buffer
     closed = False
@@ -235,7 +242,7 @@ def main() -> None:
             break  # the caller died: what it sent is written, the rest is lost
         closed = batch is None
         if not closed:
-            writer.handle(batch)
+            writer.handle(list(decode(batch)))
     writer.finish(closed)
 
 

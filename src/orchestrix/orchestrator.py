@@ -41,7 +41,7 @@ from .progress import ProgressBar, shows, start_progress
 from .runfiles import RunFiles, write_json
 from .sizing import resolve_pool_config
 from .store import RESULTS_DIR, ResultStore
-from .tracking import Tracker
+from .tracking import EventConsumer
 
 __all__ = ["Orchestrator"]
 
@@ -368,8 +368,8 @@ def _html_row(key: str, cell_html: str) -> str:
 
 def _start_trackers(
     config: Config, on_task_done: Callable[[TaskEvent], Any] | None
-) -> tuple[Tracker, ...]:
-    trackers: list[Tracker] = []
+) -> tuple[EventConsumer, ...]:
+    trackers: list[EventConsumer] = []
     if config.out_dir is not None:
         trackers.append(Journal(config.out_dir, config.resume))
     if on_task_done is not None:
@@ -381,7 +381,7 @@ def _close(
     backend: Backend,
     files: RunFiles,
     facts: dict[str, Any],
-    trackers: tuple[Tracker, ...],
+    trackers: tuple[EventConsumer, ...],
     on_run_end: Callable[[RunSummary], Any] | None,
 ) -> None:
     """Stop the backend (workers write their profiles as they end), then write the run's files,

@@ -18,12 +18,20 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["Tracker"]
+__all__ = ["EventConsumer", "Tracker"]
 
 logger = logging.getLogger("orchestrix")
 _CLOSE = ("close",)
+
+
+class EventConsumer(Protocol):
+    """What the monitor posts events to (a :class:`Tracker`, the journal)."""
+
+    def post(self, event: tuple[Any, ...]) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class Tracker:
