@@ -488,3 +488,68 @@ def test_result_store_removes_what_dead_writers_left(tmp_path):
     ours.write_bytes(b"half")
     ResultStore(str(tmp_path))
     assert not orphan.exists() and ours.exists()
+
+
+def test_journal_codec_round_trip():
+    from orchestrix.factorize import WorkUnit
+    from orchestrix.graph import TaskNode
+    from orchestrix.journal_codec import ENCODERS, decode
+
+    def unit(*keys):
+        return WorkUnit(tuple(TaskNode.call(len, f"n{key}", (), {}, key) for key in keys), ())
+
+    chain, single = unit("a", "b"), unit("c")
+    failure = {"key": "b", "name": "nb", "worker": "w1", "error": "E: x", "traceback": None}
+    events = [
+        ("registered", [chain, single], True),
+        ("started", [chain], "w1", 12.5),
+        (
+            "recorded",
+            "w1",
+            30.0,
+            [(chain, 12.5, [0.5], False, None), (single, 13.0, [1.0], True, None)],
+        ),
+        ("failed", failure),
+        ("retried", single),
+        ("stopped", [chain, single]),
+        ("loaded", [("d", "nd")]),
+    ]
+    flat = []
+    for event in events:
+        ENCODERS[event[0]](flat.append, event)
+    assert all(item is None or isinstance(item, (str, int, float)) for item in flat)
+    assert list(decode(flat)) == [
+        ("registered", [("a", "na"), ("b", "nb"), ("c", "nc")], 1),
+        ("started", ["a", "b"], "w1", 12.5),
+        ("recorded", "w1", 30.0, [(["a", "b"], 12.5, [0.5], False), (["c"], 13.0, [1.0], True)]),
+        ("failed", {"key": "b", "name": "nb", "worker": "w1", "traceback": "E: x", "error": None}),
+        ("retried", ["c"]),
+        ("stopped", ["a", "b", "c"]),
+        ("loaded", [("d", "nd")]),
+    ]
+
+
+def test_journal_written_in_the_caller_without_a_writer_process(tmp_path, monkeypatch, caplog):
+    from orchestrix import journal
+
+    def no_process(*args, **kwargs):
+        raise OSError("no python here")
+
+    monkeypatch.setattr(journal.subprocess, "Popen", no_process)
+    out = str(tmp_path / "run")
+    with ox.Orchestrator(mode="sequential", out_dir=out) as orch:
+        orch.compute([inc(i) for i in range(5)])
+    assert "no writer process" in caplog.text
+    assert _counts(out)["DONE"] == 5 and read_status(out)["run"]["outcome"] == "closed"
+
+
+def test_a_dead_writer_does_not_stop_the_run(tmp_path, caplog):
+    out = str(tmp_path / "run")
+    with ox.Orchestrator(mode="sequential", out_dir=out) as orch:
+        writer = orch.monitor.trackers[0]._process
+        writer.kill()
+        writer.wait()
+        assert orch.compute([inc(i) for i in range(50)]) == list(range(1, 51))
+        time.sleep(0.5)  # a batch goes to the dead writer
+        assert orch.compute(inc(100)) == 101
+    assert "journal" in caplog.text  # said, once, not raised

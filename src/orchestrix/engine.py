@@ -84,22 +84,33 @@ class Engine:
         try:
             yield from self._load(targets, stored)
             for positions, units, canary in phases:
-                yield from self._run_phase(
-                    [targets[i] for i in positions], positions, units, canary
-                )
+                if len(positions) == len(targets):  # one phase of every target: no remapping
+                    yield from self._run_phase(targets, None, units, canary)
+                else:
+                    phase = [targets[i] for i in positions]
+                    yield from self._run_phase(phase, positions, units, canary)
         finally:
             if stop_watching is not None:
                 stop_watching()
 
     def _run_phase(
-        self, targets: list[Delayed], positions: list[int], units: list[WorkUnit], canary: bool
+        self,
+        targets: list[Delayed],
+        positions: list[int] | None,
+        units: list[WorkUnit],
+        canary: bool,
     ) -> Iterator[tuple[int, Any]]:
+        """Run the units of ``targets``; ``positions``: where each target is in the caller's
+        list (None: the same place)."""
         run = _Run(units, targets, self.backend.monitor, self.store)
         finished = False
         try:
-            driven = run.drive_graph if self.backend.runs_graphs else run.drive
-            for position, value in driven(self.backend):
-                yield positions[position], value
+            driven = (run.drive_graph if self.backend.runs_graphs else run.drive)(self.backend)
+            if positions is None:
+                yield from driven
+            else:
+                for position, value in driven:
+                    yield positions[position], value
             finished = True
         except TaskError as error:
             if canary:
@@ -151,8 +162,10 @@ class Engine:
         rest to hold back."""
         if not todo:
             return []
+        if not self.canary:
+            return [(todo, False)]
         keys = list(dict.fromkeys(targets[position].key for position in todo))
-        if not self.canary or len(keys) <= self.canary:
+        if len(keys) <= self.canary:
             return [(todo, False)]
         first = set(keys[: self.canary])
         canary = [position for position in todo if targets[position].key in first]

@@ -104,6 +104,7 @@ class Journal:
             os.close(self._lock_fd)
             raise
         self._buffer: list[Any] = []
+        self._broken = False
         self._lock = threading.Lock()
         self._wake = threading.Event()  # set: the buffer has events
         self._closing = threading.Event()
@@ -113,6 +114,8 @@ class Journal:
 
     def post(self, event: tuple[Any, ...]) -> None:
         """Record an event (see :mod:`orchestrix.tracking`); cheap, from any thread."""
+        if self._broken:
+            return
         encode = ENCODERS[event[0]]
         with self._lock:
             encode(self._buffer.append, event)
@@ -139,6 +142,8 @@ class Journal:
                 self._send(self._take())
             self._send(self._take())
         except Exception:  # a journal must not break the caller's run
+            self._broken = True  # nor keep what it can no longer write
+            self._buffer = []
             logger.exception("orchestrix: the journal failed; task states are no longer written")
         finally:
             self._finish()
