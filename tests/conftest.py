@@ -10,6 +10,7 @@ import psutil
 import pytest
 
 import orchestrix as ox
+from durable_helpers import DURABLE, PARALLEL
 from orchestrix.backends import AVAILABLE
 from slurm import pbs_wrappers, slurm_running
 
@@ -80,3 +81,16 @@ def no_leaked_processes():
         _, alive = psutil.wait_procs(leaked, timeout=3)
         leaked = [p for p in alive if p.is_running()]
     assert not leaked, f"processes left behind: {[(p.pid, p.name()) for p in leaked]}"
+
+
+@pytest.fixture(params=list(DURABLE))
+def durable(request) -> dict:
+    """Options of each mode that durable runs are tested on (sequential, multiprocessing,
+    local_dask)."""
+    return dict(DURABLE[request.param])
+
+
+@pytest.fixture(params=PARALLEL)
+def parallel(request) -> dict:
+    """Options of each mode of durable runs that runs tasks in other processes."""
+    return dict(DURABLE[request.param])

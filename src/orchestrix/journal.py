@@ -105,6 +105,7 @@ class Journal:
             raise
         self._buffer: list[Any] = []
         self._broken = False
+        self._woken = False
         self._lock = threading.Lock()
         self._wake = threading.Event()  # set: the buffer has events
         self._closing = threading.Event()
@@ -116,10 +117,10 @@ class Journal:
         """Record an event (see :mod:`orchestrix.tracking`); cheap, from any thread."""
         if self._broken:
             return
-        encode = ENCODERS[event[0]]
         with self._lock:
-            encode(self._buffer.append, event)
-        if not self._wake.is_set():
+            ENCODERS[event[0]](self._buffer.append, event)
+        if not self._woken:  # a plain flag: Event.is_set is a Python call, this runs per unit
+            self._woken = True
             self._wake.set()
 
     def close(self) -> None:
@@ -151,7 +152,8 @@ class Journal:
     def _take(self) -> list[Any]:
         with self._lock:
             batch, self._buffer = self._buffer, []
-            self._wake.clear()  # under the lock: an event posted after this sets it again
+            self._woken = False  # under the lock: an event posted after this wakes us again
+            self._wake.clear()
         return batch
 
     def _send(self, batch: list[Any]) -> None:

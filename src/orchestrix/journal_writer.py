@@ -25,7 +25,7 @@ from .journal_codec import decode
 
 __all__ = ["JournalWriter", "main"]
 
-NICENESS = 10
+NICENESS = 19
 
 _COLUMNS = "key, name, state, attempts, worker, started, ended, peak_rss_mb, error, canary"
 # Statements of a run (``{run}``: its id, a literal: fewer values to bind per row is faster). A

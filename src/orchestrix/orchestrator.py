@@ -284,7 +284,8 @@ class Orchestrator(Executor):
         future: Future[Any] = Future()
         node = TaskNode.call(fn, name or _name_of(fn), args, kwargs, f"call{next(_CALL_IDS)}")
         unit = WorkUnit((node,), ())
-        self.monitor.note_registered([unit])
+        if self.monitor.trackers:
+            self.monitor.note_registered([unit])
         job = self._backend.submit(unit, {}, functools.partial(self._settle, future))
         with self._lock:
             self._futures[future] = job
