@@ -16,7 +16,7 @@ import pytest
 import orchestrix as ox
 from durable_helpers import DURABLE, child_env, counts, kill, rows, spawn, wait_for
 from orchestrix.journal import JOURNAL_FILE
-from orchestrix.status import read_status
+from orchestrix.status import format_status, read_status
 from tasks import add, fail, inc, nap, wait_file
 
 # -- the journal ---------------------------------------------------------------------------------
@@ -78,9 +78,13 @@ def test_states_are_visible_while_running(parallel, tmp_path):
         thread.start()
         try:
             wait_for(lambda: counts(out)["RUNNING"] >= 1, what="a RUNNING task")
+            wait_for(lambda: counts(out)["DONE"] == 4, what="the naps DONE")
             status = read_status(out)
             assert status["alive"] is True
             assert status["total"] == 5
+            (running,) = status["running"]  # the task that waits for the test
+            assert running["name"] == "wait_file" and running["worker"]
+            assert "running longest:\n  wait_file (wait_file-" in format_status(status)
         finally:
             release.touch()
             thread.join()
@@ -180,7 +184,7 @@ def test_status_command(tmp_path):
         env=child_env(),
     )
     text = result.stdout
-    assert "tasks: 4 (DONE 3, FAILED 1)" in text
+    assert "tasks: 4 (DONE 3, FAILED 1, 75% done)" in text
     assert "fail (fail-" in text and "ValueError: no space left" in text
     assert "ended at" in text and "ALIVE" not in text
     assert any(line.startswith("inc ") and " 3 " in line for line in text.splitlines())

@@ -1,5 +1,8 @@
 """``python -m orchestrix status OUT_DIR``: what a run's journal says, while it runs or after.
 
+A task running much longer than the mean of its name is the first thing to look at in a run that
+seems stuck: status lists the tasks running longest, with their worker.
+
 It only reads: the journal (SQLite in WAL mode) may be written by the live run meanwhile.
 """
 
@@ -8,6 +11,7 @@ from __future__ import annotations
 import datetime
 import os
 import sqlite3
+import time
 from typing import Any
 
 from .errors import OrchestrixError
@@ -16,10 +20,13 @@ from .monitor import format_seconds
 
 __all__ = ["format_status", "read_status"]
 
+#: the tasks running longest that status lists
+MAX_RUNNING = 5
+
 
 def read_status(out_dir: str) -> dict[str, Any]:
-    """The state of the run in ``out_dir``: counts per state, failed tasks, time per task name,
-    the last run and whether it is alive."""
+    """The state of the run in ``out_dir``: counts per state, failed tasks, the tasks running
+    longest, time per task name, the last run and whether it is alive."""
     path = os.path.join(out_dir, JOURNAL_FILE)
     if not os.path.exists(path):
         raise OrchestrixError(
@@ -55,6 +62,14 @@ def _query(connection: sqlite3.Connection, out_dir: str) -> dict[str, Any]:
             "ORDER BY sum(ended - started) DESC"
         )
     ]
+    running = [
+        {"key": key, "name": name, "state": state, "worker": worker, "started": started}
+        for key, name, state, worker, started in connection.execute(
+            "SELECT key, name, state, worker, started FROM tasks "
+            "WHERE state IN ('RUNNING', 'TESTING') ORDER BY started LIMIT ?",
+            (MAX_RUNNING,),
+        )
+    ]
     row = connection.execute(
         "SELECT id, host, pid, started, ended, outcome FROM runs ORDER BY id DESC LIMIT 1"
     ).fetchone()
@@ -69,7 +84,9 @@ def _query(connection: sqlite3.Connection, out_dir: str) -> dict[str, Any]:
         "total": sum(counts.values()),
         "loaded": loaded,
         "failed": failed,
+        "running": running,
         "by_name": by_name,
+        "now": time.time(),
     }
 
 
@@ -78,7 +95,9 @@ def format_status(status: dict[str, Any], max_failed: int = 20) -> str:
     lines = [_run_line(status)]
     counts = status["counts"]
     states = ", ".join(f"{state} {counts[state]:,}" for state in STATES if counts[state])
-    lines.append(f"tasks: {status['total']:,}" + (f" ({states})" if states else ""))
+    total = status["total"]
+    done = f", {counts['DONE'] / total:.0%} done" if total else ""
+    lines.append(f"tasks: {total:,}" + (f" ({states}{done})" if states else ""))
     if status["loaded"]:
         lines.append(
             f"  of which DONE in an earlier run and loaded by resume: {status['loaded']:,}"
@@ -90,6 +109,16 @@ def format_status(status: dict[str, Any], max_failed: int = 20) -> str:
             lines.append(f"  {task['name']} ({task['key']}): {task['error'] or '?'}")
         if len(failed) > max_failed:
             lines.append(f"  ... and {len(failed) - max_failed} more")
+    if status["running"] and status["alive"]:
+        lines.append("running longest:")
+        for task in status["running"]:
+            since = (
+                "" if task["started"] is None else format_seconds(status["now"] - task["started"])
+            )
+            lines.append(
+                f"  {task['name']} ({task['key']}) on {task['worker'] or '?'}: {task['state']} "
+                f"for {since}"
+            )
     if status["by_name"]:
         lines.append(f"{'task':<32} {'done':>8} {'mean time':>10} {'peak RSS':>10}")
         for entry in status["by_name"]:
