@@ -160,7 +160,7 @@ class Journal:
         if not batch:
             return
         if self._process is None:
-            self._local.handle(list(decode(batch)))
+            self._local.handle(decode(batch))
             return
         assert self._process.stdin is not None
         pickle.dump(batch, self._process.stdin, protocol=pickle.HIGHEST_PROTOCOL)

@@ -18,7 +18,7 @@ Layout, one record per event (``*`` repeats; lists of keys end with ``None``):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["ENCODERS", "decode"]
@@ -116,49 +116,61 @@ ENCODERS: dict[str, Callable[[Append, tuple[Any, ...]], None]] = {
 }
 
 
-def decode(flat: list[Any]) -> Iterator[tuple[Any, ...]]:
-    """The events of a flat batch, as ``(kind, *arguments)`` for the journal writer."""
-    items = iter(flat)
-    for tag in items:
-        if tag == "G":
-            canary = next(items)
-            yield ("registered", list(_pairs(items)), canary)
+def decode(flat: list[Any]) -> list[tuple[Any, ...]]:
+    """The events of a flat batch, as ``(kind, *arguments)`` for the journal writer.
+
+    Index-based, with lists cut by slicing and ``list.index`` (C loops): the writer decodes
+    every task's events, and a generator per record cost more than writing the rows."""
+    events: list[tuple[Any, ...]] = []
+    add = events.append
+    at, size = 0, len(flat)
+    while at < size:
+        tag = flat[at]
+        if tag == "R":
+            at = _decode_recorded(flat, at, add)
         elif tag == "S":
-            worker, when = next(items), next(items)
-            yield ("started", list(_until_none(items)), worker, when)
-        elif tag == "R":
-            yield ("recorded", next(items), next(items), _entries(items))
+            end = flat.index(None, at + 3)
+            add(("started", flat[at + 3 : end], flat[at + 1], flat[at + 2]))
+            at = end + 1
+        elif tag == "G":
+            end = flat.index(None, at + 2)
+            add(("registered", _pairs(flat[at + 2 : end]), flat[at + 1]))
+            at = end + 1
         elif tag == "F":
-            keys = ("key", "name", "worker", "traceback")
-            failure = {key: next(items) for key in keys}
-            yield ("failed", {**failure, "error": None})
+            key, name, worker, text = flat[at + 1 : at + 5]
+            failure = {"key": key, "name": name, "worker": worker, "traceback": text}
+            add(("failed", {**failure, "error": None}))
+            at += 5
         elif tag in ("T", "K"):
-            yield ("retried" if tag == "T" else "stopped", list(_until_none(items)))
+            end = flat.index(None, at + 1)
+            add(("retried" if tag == "T" else "stopped", flat[at + 1 : end]))
+            at = end + 1
         elif tag == "L":
-            yield ("loaded", list(_pairs(items)))
+            end = flat.index(None, at + 1)
+            add(("loaded", _pairs(flat[at + 1 : end])))
+            at = end + 1
         else:
-            raise ValueError(f"journal: unknown event tag {tag!r}")
+            raise ValueError(f"journal: unknown event tag {tag!r} at {at}")
+    return events
 
 
-def _entries(items: Iterator[Any]) -> list[tuple[Any, ...]]:
+def _decode_recorded(flat: list[Any], at: int, add: Callable[[Any], None]) -> int:
+    worker, peak_rss_mb, count = flat[at + 1 : at + 4]
+    at += 4
     entries = []
-    for _ in range(next(items)):
-        started, ok = next(items), next(items)
-        keys = [next(items) for _ in range(next(items))]
-        walls = [next(items) for _ in range(next(items))]
+    for _ in range(count):
+        started, ok, n_keys = flat[at : at + 3]
+        at += 3
+        keys = flat[at : at + n_keys]
+        at += n_keys
+        n_walls = flat[at]
+        walls = flat[at + 1 : at + 1 + n_walls]
+        at += 1 + n_walls
         entries.append((keys, started, walls, ok))
-    return entries
+    add(("recorded", worker, peak_rss_mb, entries))
+    return at
 
 
-def _until_none(items: Iterator[Any]) -> Iterator[Any]:
-    for item in items:
-        if item is None:
-            return
-        yield item
-
-
-def _pairs(items: Iterator[Any]) -> Iterator[tuple[Any, Any]]:
-    for key in items:
-        if key is None:
-            return
-        yield key, next(items)
+def _pairs(items: list[Any]) -> list[tuple[Any, Any]]:
+    pairs = iter(items)
+    return list(zip(pairs, pairs, strict=True))
