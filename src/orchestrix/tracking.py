@@ -1,8 +1,10 @@
 """Trackers: consumers of a run's task events (the journal, the user's callbacks).
 
-The monitor posts each event to every tracker as one queue put, from whatever thread reports it;
-a tracker handles its events in a thread of its own, so a slow disk or a slow callback never holds
-up the backends. Events are tuples whose first item names them:
+The monitor posts each event to every consumer (:class:`EventConsumer`), from whatever thread
+reports it; posting is cheap and the work happens in a thread of the consumer's own, so a slow
+disk or a slow callback never holds up the backends. :class:`Tracker` is that for the callbacks
+(a queue put per event); the journal flattens events into a buffer instead (see
+:mod:`orchestrix.journal_codec`). Events are tuples whose first item names them:
 
 - ``("registered", units, canary)``: a run will run these units (``canary``: in its test run);
 - ``("started", units, worker, when)``: these units were sent to ``worker`` (epoch seconds);
