@@ -67,7 +67,8 @@ class Engine:
         Raises the :class:`TaskError` of the first target that fails (a target downstream of a
         failed task gets an :class:`UpstreamTaskError` naming it); nothing more is started then.
         ``watch(units)`` is called once planned (a progress bar starts); what it returns is
-        called when the run ends.
+        called when the run ends. Stored targets (resume) come first; with ``canary`` the first
+        targets run before the others, and a failure among them raises :class:`CanaryError`.
         """
         targets = list(targets)
         stored, todo = self._split_stored(targets)
