@@ -272,3 +272,23 @@ def leaky(megabytes, tag=None):
 def tidy(megabytes, tag=None):
     block = bytearray(megabytes * 2**20)
     return len(block)
+
+
+# -- tiles -----------------------------------------------------------------------------------------
+
+
+def mean3x3(window):
+    """A 3x3 mean filter; the array's edges are repeated (so a tile at an edge of the array sees
+    the same neighbours as the whole array does)."""
+    padded = np.pad(window, 1, mode="edge")
+    rows, cols = window.shape
+    total = np.zeros(window.shape, dtype=np.float64)
+    for dy in range(3):
+        for dx in range(3):
+            total += padded[dy : dy + rows, dx : dx + cols]
+    return total / 9
+
+
+def scaled_sqrt(window):
+    """Pointwise: its output has the shape of the window it gets."""
+    return np.sqrt(window) * 2.0

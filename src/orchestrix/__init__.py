@@ -32,11 +32,13 @@ from .errors import (
 )
 from .graph import Delayed, TaskFunction, task
 from .orchestrator import Orchestrator
+from .tiles import ArraySink, Tile, tiles
 from .tokenize import tokenize
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArraySink",
     "AutoConfig",
     "CanaryError",
     "Config",
@@ -54,12 +56,14 @@ __all__ = [
     "StallError",
     "TaskError",
     "TaskTimeoutError",
+    "Tile",
     "TaskEvent",
     "TaskFunction",
     "UpstreamTaskError",
     "WorkerCrashedError",
     "WorkerMemoryError",
     "task",
+    "tiles",
     "tokenize",
     "__version__",
 ]

@@ -16,7 +16,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future
 from typing import Any
 
@@ -179,6 +179,44 @@ class Orchestrator(Executor):
                 items = min(chunksize, len(calls) - index * chunksize)
                 future.add_done_callback(functools.partial(bar.on_future, items))
         return self._results_in_order(jobs, deadline, chunked=chunksize > 1, bar=bar)
+
+    def map_tiles(
+        self,
+        func: Callable[[Any], Any],
+        source: Any,
+        tile_shape: int | Sequence[int],
+        margin: int | Sequence[int] = 0,
+        out: Any = None,
+        *,
+        progress: bool | None = None,
+    ) -> Any:
+        """Run ``func`` on every tile of ``source`` and assemble the outputs in ``out``.
+
+        ``source`` is a numpy array, a memory map or a ``.npy`` path; each task reads only its
+        tile's window grown by ``margin`` (clipped at the edges), and ``func`` gets that window.
+        It returns an output of the grown window's shape (its margin is cut off) or of the tile's
+        (on the first axes; trailing axes are free). ``out`` is an array, an
+        :class:`~orchestrix.ArraySink` (a .npy file that the workers write into: no output
+        travels back) or None (an array is made from the first output). Returns ``out`` (a
+        sink's file opened read-only)."""
+        from .tiles import ArraySink, Source, run_tile, source_of
+        from .tiles import tiles as cut
+
+        data, shape = source_of(source)
+        grid = cut(shape, tile_shape, margin)
+        sink = out if isinstance(out, ArraySink) else None
+        if sink is not None:
+            sink.create()
+        name = f"{getattr(func, '__qualname__', type(func).__name__)}[tile]"
+        tile_task = TaskFunction(run_tile, name=name)
+        targets = [
+            tile_task(func, data if isinstance(data, Source) else data[t.grown], t, sink)
+            for t in grid
+        ]
+        for position, value in self._run(targets, progress, "map_tiles"):
+            if sink is None:
+                out = _place(out, grid[position], value, shape)
+        return sink.open() if sink is not None else out
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Wait for submitted calls to finish (unless ``wait=False`` or ``cancel_futures``), then
@@ -410,6 +448,17 @@ def _write_used_config(config: Config) -> None:
     assert config.out_dir is not None
     os.makedirs(config.out_dir, exist_ok=True)
     write_json(os.path.join(config.out_dir, CONFIG_FILE_NAME), config.to_dict(), indent=2)
+
+
+def _place(out: Any, tile: Any, value: Any, shape: tuple[int, ...]) -> Any:
+    """Write a tile's output into ``out`` (made from the first output when None)."""
+    if out is None:
+        import numpy
+
+        axes = len(tile.window)
+        out = numpy.empty(shape[:axes] + tuple(value.shape[axes:]), value.dtype)
+    out[tile.window] = value
+    return out
 
 
 def _chunk_name(fn: Any) -> str:
