@@ -116,3 +116,14 @@ def test_tile_keys_are_stable_and_follow_the_file(tmp_path):
     np.save(path, changed)  # a new file: new keys, nothing stale is loaded
     result, loaded = run()
     assert loaded == 0 and np.array_equal(result, mean3x3(changed))
+
+
+def test_a_resumed_run_keeps_the_tiles_already_in_its_sink(tmp_path):
+    whole, path = _raster(tmp_path, "path")
+    sink = ox.ArraySink(tmp_path / "smoothed.npy", whole.shape, np.float64)
+    for loaded in (0, 4):
+        options = {"mode": "sequential", "out_dir": str(tmp_path / "run"), "resume": True}
+        with ox.Orchestrator(**options) as orch:
+            result = orch.map_tiles(mean3x3, path, 50, margin=1, out=sink)
+            assert orch.summary().tasks_loaded == loaded
+        assert np.array_equal(result, mean3x3(whole))

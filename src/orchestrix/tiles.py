@@ -82,9 +82,16 @@ class ArraySink:
         object.__setattr__(self, "dtype", numpy.dtype(dtype).str)
 
     def create(self) -> None:
-        """Create the file (overwriting one that is there)."""
+        """Create the file, unless one of this shape and dtype is there: its tiles are kept, so
+        that a resumed run, which skips the tiles it finished, keeps what they wrote."""
         import numpy
 
+        try:
+            existing = numpy.load(self.path, mmap_mode="r")
+            if existing.shape == self.shape and existing.dtype.str == self.dtype:
+                return
+        except (OSError, ValueError):
+            pass  # missing or not a .npy file: made below
         directory = os.path.dirname(self.path)
         if directory:
             os.makedirs(directory, exist_ok=True)
