@@ -207,7 +207,7 @@ class Orchestrator(Executor):
         sink = out if isinstance(out, ArraySink) else None
         if sink is not None:
             sink.create()
-        name = f"{getattr(func, '__qualname__', type(func).__name__)}[tile]"
+        name = f"{_name_of(func)}[tile]"
         tile_task = TaskFunction(run_tile, name=name)
         targets = [
             tile_task(func, data if isinstance(data, Source) else data[t.grown], t, sink)
