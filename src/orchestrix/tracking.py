@@ -37,13 +37,8 @@ class EventConsumer(Protocol):
 
 
 class Tracker:
-    """Handles posted events in its own thread, in batches, in the order they were posted.
-
-    ``batch_seconds`` > 0 gathers the events of that long into one batch (one disk write), at the
-    price of that much delay; the thread sleeps in a queue get while nothing happens.
-    """
-
-    batch_seconds = 0.0
+    """Handles posted events in its own thread, in the order they were posted, in batches of
+    what arrived meanwhile; the thread sleeps in a queue get while nothing happens."""
 
     def __init__(self, name: str) -> None:
         self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
@@ -58,7 +53,7 @@ class Tracker:
     def close(self) -> None:
         """Handle every event posted so far, then stop the thread. Idempotent."""
         if not self._closing.is_set():
-            self._closing.set()  # ends a batch's wait at once
+            self._closing.set()
             self._queue.put(_CLOSE)
         self._thread.join()
 
@@ -78,8 +73,6 @@ class Tracker:
             closing = False
             while not closing:
                 events = [self._queue.get()]  # blocks: no wake-ups while nothing happens
-                if self.batch_seconds and events[0] is not _CLOSE:
-                    self._closing.wait(self.batch_seconds)
                 events += _drain(self._queue)
                 if any(event is _CLOSE for event in events):
                     closing = True
