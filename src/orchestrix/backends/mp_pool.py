@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 import multiprocessing
 import multiprocessing.forkserver
-import pickle
+import os
 import signal
 import socket
 import sys
@@ -13,14 +14,14 @@ import threading
 import warnings
 from collections import deque
 from collections.abc import Iterator
-from multiprocessing.connection import Connection
 from typing import Any
 
 from ..errors import WorkerCrashedError
 from ..observe import WorkerSettings
-from .mp_worker import STOP, worker_main
+from .mp_protocol import Channel, Stop
+from .mp_worker import worker_main
 
-__all__ = ["Launcher", "Worker", "crash_error", "stop_all"]
+__all__ = ["Launcher", "StopReason", "Worker", "crash_error", "stop_all"]
 
 #: seconds a worker gets to exit after SIGTERM before SIGKILL
 TERMINATE_GRACE_SECONDS = 1.0
@@ -30,17 +31,34 @@ _forkserver_lock = threading.Lock()
 _forkserver_ours = False
 
 
+class StopReason(enum.Enum):
+    """Why the pool stops a worker; None on a worker means it ended on its own (a crash)."""
+
+    #: it ran its ``max_tasks_per_worker`` jobs; a replacement took its place
+    RETIRE = "retire"
+    #: its job ran longer than ``per_job_timeout``
+    TIMEOUT = "timeout"
+    #: it went over ``max_ram_per_worker``
+    MEMORY = "memory"
+    #: no job finished anywhere for ``task_timeout``: the pool restarts its busy workers
+    STALL = "stall"
+    #: the pool is closing
+    CLOSE = "close"
+
+
 class Worker:
     """One worker process and what the manager knows of it."""
 
-    def __init__(self, process: Any, conn: Connection, started: Any) -> None:
+    def __init__(self, process: Any, channel: Channel, started: Any) -> None:
         self.process = process
-        self.conn = conn
+        self.channel = channel
+        self.exit_handle = _exit_handle(process)
         self.started = started  # shared counter of the jobs the worker has started
         self.outstanding: deque[Any] = deque()  # jobs sent, in order; the first one is running
         self.last_progress = 0.0  # when its running job started, at the latest
         self.done = 0
-        self.stopping: str | None = None  # why we stop it: retire, timeout, memory, stall
+        self.stopping: StopReason | None = None
+        self.start_error: str | None = None  # the traceback it sent if it could not start
         self.peak_rss_mb = 0.0
         self.name = f"{socket.gethostname()}-{self.pid}"  # as the worker names itself
 
@@ -49,12 +67,9 @@ class Worker:
         return int(self.process.pid)
 
     def send_stop(self) -> None:
-        try:
-            self.conn.send_bytes(pickle.dumps((STOP,)))
-        except OSError:
-            pass  # already gone
+        self.channel.send(Stop())
 
-    def kill(self, reason: str) -> None:
+    def kill(self, reason: StopReason) -> None:
         self.stopping = reason
         try:
             self.process.kill()
@@ -79,7 +94,24 @@ class Worker:
 
     def reap(self) -> None:
         self.process.join(timeout=TERMINATE_GRACE_SECONDS)
-        self.conn.close()
+        self.close_handles()
+
+    def close_handles(self) -> None:
+        self.channel.close()
+        if self.exit_handle != self.process.sentinel:
+            os.close(self.exit_handle)
+        self.exit_handle = -1
+
+
+def _exit_handle(process: Any) -> int:
+    """A descriptor that becomes readable when ``process`` exits.
+
+    A pidfd (Linux) where there is one: the process sentinel is a pipe that the worker's own
+    children inherit, so it would only fire once a task's forked child had exited too."""
+    try:
+        return os.pidfd_open(process.pid)
+    except (AttributeError, OSError):
+        return int(process.sentinel)
 
 
 class Launcher:
@@ -96,18 +128,23 @@ class Launcher:
             _acquire_forkserver(self.context)
 
     def spawn(self) -> Worker:
-        parent_conn, child_conn = self.context.Pipe(duplex=True)
-        started = self.context.RawValue("q", 0)
-        process = self.context.Process(
-            target=worker_main,
-            args=(child_conn, self.dump_dir, started, self.settings),
-            name="orchestrix-worker",
-            daemon=True,
-        )
-        with _main_module_hidden():
-            process.start()
-        child_conn.close()
-        return Worker(process, parent_conn, started)
+        parent_end, child_end = socket.socketpair()
+        try:
+            started = self.context.RawValue("q", 0)
+            process = self.context.Process(
+                target=worker_main,
+                args=(child_end, self.dump_dir, started, self.settings),
+                name="orchestrix-worker",
+                daemon=True,
+            )
+            with _main_module_hidden():
+                process.start()
+        except BaseException:
+            parent_end.close()
+            raise
+        finally:
+            child_end.close()
+        return Worker(process, Channel(parent_end), started)
 
     def close(self) -> None:
         if self._uses_forkserver:
@@ -151,7 +188,7 @@ def stop_all(workers: list[Worker]) -> None:
         if worker.process.is_alive():
             worker.process.kill()
             worker.process.join(timeout=TERMINATE_GRACE_SECONDS)
-        worker.conn.close()
+        worker.close_handles()
 
 
 def crash_error(worker: Worker, unit: Any) -> WorkerCrashedError:
@@ -171,6 +208,8 @@ def crash_error(worker: Worker, unit: Any) -> WorkerCrashedError:
         how = f"exited with code {code}"
     if unit is None:
         message = f"worker processes exit as soon as they start: worker {worker.pid} {how}"
+        if worker.start_error:
+            message += f"; its error:\n{worker.start_error.rstrip()}"
         return WorkerCrashedError("", "", message, code)
     message = (
         f"the worker process running task {unit.name!r} {how} (pid {worker.pid}, key {unit.key})"

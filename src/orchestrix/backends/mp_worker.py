@@ -1,46 +1,67 @@
 """The worker process of the ``multiprocessing`` backend.
 
-It reads batches of jobs from its pipe, runs them in order, and writes back their results in
-batches: a batch of results is sent when the batch of jobs is done, or earlier once
-``FLUSH_SECONDS`` have passed since the last send, so that a slow job never holds back the results
-of the fast ones before it and the parent always knows, within that delay, which job is running.
+It reads batches of jobs from its socket, runs them in order, and writes back their results in
+windows (:class:`~.mp_protocol.ResultWindow`): a window is sent when the batch of jobs is done, or
+earlier once ``FLUSH_SECONDS`` have passed since the last send, so that a slow job never holds back
+the results of the fast ones before it and the parent always knows, within that delay, which job
+is running.
+
+A worker dies with its parent (Linux: the parent-death signal), so a caller killed with SIGKILL
+leaves no worker running its tasks to the end. A worker may start processes of its own (a task's
+own pool or orchestrator): it is not daemonic inside.
 """
 
 from __future__ import annotations
 
+import ctypes
+import multiprocessing
+import os
 import pickle
 import signal
+import socket
 import sys
 import time
 import traceback
-from multiprocessing.connection import Connection
 from typing import Any
 
 from ..execute import TaskCaller, TaskFailure, UnitOutcome, portable_failure, run_unit
 from ..observe import ProcessObserver, UsageMeter, WorkerSettings
 from ..transfer import Dumper
+from .mp_protocol import (
+    JobResult,
+    JobStatus,
+    ResultWindow,
+    RunBatch,
+    StartFailed,
+    recv_message,
+    send_message,
+)
 
 FLUSH_SECONDS = 0.005
-
-# Message kinds, parent -> worker
-RUN, STOP = "run", "stop"
-# Job statuses, worker -> parent
-OK, FAILED, UNLOADABLE = "ok", "failed", "unloadable"
+_PR_SET_PDEATHSIG = 1
 
 
 def worker_main(
-    conn: Connection, dump_dir: str | None, started: Any, settings: WorkerSettings
+    sock: socket.socket, dump_dir: str | None, started: Any, settings: WorkerSettings
 ) -> None:
     """Entry point of a worker process. ``started`` is a shared counter of the jobs it started:
     if the worker dies, the parent reads it to know which job was running."""
     # Ctrl-C in a terminal reaches the whole process group: the parent decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    observer = ProcessObserver(settings)
-    if settings.profiling != "timing":
-        # Profiles are written when the worker ends, also when the pool terminates it.
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    observer.start()
-    worker = _Worker(conn, Dumper(dump_dir) if dump_dir else None, started, observer)
+    _die_with_parent()
+    # multiprocessing refuses children to a daemonic process; a task may need them, and the
+    # pool stops its workers itself (their children are the task's business).
+    multiprocessing.current_process().daemon = False
+    try:
+        observer = ProcessObserver(settings)
+        if settings.profiling != "timing":
+            # Profiles are written when the worker ends, also when the pool terminates it.
+            signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        observer.start()
+        worker = _Worker(sock, Dumper(dump_dir) if dump_dir else None, started, observer)
+    except BaseException:  # noqa: BLE001 - whatever stops the worker from starting is reported
+        send_message(sock, StartFailed(traceback.format_exc()))
+        sys.exit(1)
     try:
         worker.serve()
     finally:
@@ -51,15 +72,30 @@ def worker_main(
         worker.meter.close()
 
 
+def _die_with_parent() -> None:
+    """Ask the kernel to kill this process when its parent dies (Linux; elsewhere the worker
+    notices when its socket closes, between jobs)."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request was made
+        os._exit(1)
+
+
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
     sys.exit(128 + signum)
 
 
 class _Worker:
     def __init__(
-        self, conn: Connection, dumper: Dumper | None, counter: Any, observer: ProcessObserver
+        self, sock: socket.socket, dumper: Dumper | None, counter: Any, observer: ProcessObserver
     ) -> None:
-        self.conn = conn
+        self.sock = sock
         self.dumper = dumper
         self.counter = counter
         self.caller: TaskCaller | None = observer if observer.wraps_calls else None
@@ -68,29 +104,34 @@ class _Worker:
     def serve(self) -> None:
         while True:
             try:
-                message = pickle.loads(self.conn.recv_bytes())
-            except (EOFError, OSError):
+                message = recv_message(self.sock)
+            except OSError:
                 return  # the parent is gone
-            if message[0] == STOP:
-                return
-            self.run_batch(message[1], message[2])
+            if not isinstance(message, RunBatch):
+                return  # Stop, or the parent closed its end
+            self.run_batch(message.job_ids, message.payload)
 
     def run_batch(self, job_ids: list[int], payload: bytes) -> None:
         self.meter.begin()
+        # The counter says which job runs: a write to shared memory, free, unlike a message per
+        # job. Loading the batch counts as running its first job, so that a crash while
+        # unpickling is that job's and not taken for a worker that cannot start.
+        self.counter.value += 1
         try:
             work = pickle.loads(payload)
-        except Exception:  # noqa: BLE001 - e.g. a module that this process cannot import
-            self.counter.value += len(job_ids)
+        except BaseException:  # noqa: BLE001 - e.g. a module that this process cannot import
+            self.counter.value += len(job_ids) - 1
             text = traceback.format_exc()
-            self.send([(job_id, UNLOADABLE, text, 0.0, [], None) for job_id in job_ids])
+            self.send([JobResult(i, JobStatus.UNLOADABLE, text, 0.0, [], None) for i in job_ids])
             return
-        results: list[tuple[Any, ...]] = []
+        results: list[JobResult] = []
         last_send = time.monotonic()
-        for job_id, (unit, inputs) in zip(job_ids, work, strict=True):
-            self.counter.value += 1  # a write to shared memory: free, unlike a message per job
+        for position, (job_id, (unit, inputs)) in enumerate(zip(job_ids, work, strict=True)):
+            if position:
+                self.counter.value += 1
             status, data, outcome = self.run_job(unit, inputs)
             results.append(
-                (job_id, status, data, outcome.started, outcome.walls, outcome.growth_mb)
+                JobResult(job_id, status, data, outcome.started, outcome.walls, outcome.growth_mb)
             )
             now = time.monotonic()
             if now - last_send >= FLUSH_SECONDS:
@@ -100,35 +141,35 @@ class _Worker:
         if results:
             self.send(results)
 
-    def send(self, results: list[tuple[Any, ...]]) -> None:
+    def send(self, results: list[JobResult]) -> None:
         """Send a window of results with the CPU time and peak memory measured over it."""
         cpu, peak_rss_mb = self.meter.end()
-        message = (results, cpu, peak_rss_mb)
-        self.conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+        send_message(self.sock, ResultWindow(results, cpu, peak_rss_mb))
 
-    def run_job(self, unit: Any, inputs: Any) -> tuple[str, Any, UnitOutcome]:
+    def run_job(self, unit: Any, inputs: Any) -> tuple[JobStatus, Any, UnitOutcome]:
         outcome = run_unit(unit, inputs, remote=True, caller=self.caller)
         status, data = _encode(unit, outcome, self.dumper)
         outcome.value = None  # sent: do not keep it alive until the next job
         return status, data, outcome
 
 
-def _encode(unit: Any, outcome: UnitOutcome, dumper: Dumper | None) -> tuple[str, Any]:
+def _encode(unit: Any, outcome: UnitOutcome, dumper: Dumper | None) -> tuple[JobStatus, Any]:
     if outcome.failure is not None:
-        return FAILED, _encode_failure(outcome.failure)
+        return JobStatus.FAILED, _encode_failure(outcome.failure)
     try:
         value = dumper.dump(outcome.value) if dumper else outcome.value
     except OSError as exc:
         failure = TaskFailure(unit.key, unit.name, exc, traceback.format_exc())
-        return FAILED, _encode_failure(failure)
+        return JobStatus.FAILED, _encode_failure(failure)
     try:
-        return OK, _pickle_result(value)
-    except Exception as exc:  # noqa: BLE001 - whatever the result holds that pickle refuses
+        return JobStatus.OK, _pickle_result(value)
+    except BaseException as exc:  # noqa: BLE001 - whatever the result holds that pickle refuses
         error = pickle.PicklingError(
             f"the result of task {unit.name!r} could not be pickled to return it: "
             f"{type(exc).__name__}: {exc}"
         )
-        return FAILED, _encode_failure(TaskFailure(unit.key, unit.name, error, None))
+        text = "".join(traceback.format_exception(exc))
+        return JobStatus.FAILED, _encode_failure(TaskFailure(unit.key, unit.name, error, text))
 
 
 def _pickle_result(value: Any) -> bytes:

@@ -1,11 +1,16 @@
 """The ``multiprocessing`` (and ``auto``) backend: a pool of local worker processes.
 
-One manager thread in the caller's process does all the pool's work: it sends jobs to workers in
-batches (small jobs many at a time, long jobs one at a time), reads results as they come, and
-waits on the workers' pipes and process sentinels together, so a worker that dies is seen at once.
-The waits end early only for the deadlines it enforces: ``per_job_timeout`` (the worker running a
-job too long is killed), ``task_timeout`` (the stall watchdog) and the sampling of the workers'
-memory against ``max_ram_per_worker``. The caller's threads only queue jobs and receive outcomes.
+One manager thread in the caller's process does all the pool's work: it starts the workers, sends
+them jobs in batches (small jobs many at a time, long jobs one at a time), reads results as they
+come, and waits on the workers' sockets and exit handles together, so a worker that dies is seen at
+once. It never blocks on a worker: its socket ends are non-blocking (see :mod:`.mp_protocol`). The
+waits end early only for the deadlines it enforces: ``per_job_timeout`` (the worker running a job
+too long is killed), ``task_timeout`` (the stall watchdog) and the sampling of the workers' memory
+against ``max_ram_per_worker``. The caller's threads only queue jobs and receive outcomes.
+
+Every job not yet reported is in one ledger (``_jobs``); each way a job can end (a result, a
+failure, a cancel, a broken pool, a close) takes it out of the ledger under the lock and reports
+it, so a job is reported exactly once and none is forgotten on a failure path.
 """
 
 from __future__ import annotations
@@ -15,22 +20,28 @@ import logging
 import math
 import os
 import pickle
+import select
 import shutil
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
-from multiprocessing.connection import wait
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from ..errors import OrchestrixError, StallError, TaskError, TaskTimeoutError, WorkerMemoryError
+from ..errors import (
+    OrchestrixError,
+    StallError,
+    TaskError,
+    TaskTimeoutError,
+    WorkerMemoryError,
+)
 from ..execute import TaskFailure, UnitOutcome
 from ..factorize import WorkUnit
 from ..transfer import create_dump_dir, dumps_work, materialize
 from . import mp_pool
 from .base import Backend, Sink, worker_settings
-from .mp_pool import Worker, crash_error
-from .mp_worker import FAILED, OK, RUN
+from .mp_pool import StopReason, Worker, crash_error
+from .mp_protocol import JobResult, JobStatus, ResultWindow, RunBatch, StartFailed
 
 __all__ = ["MultiprocessingBackend"]
 
@@ -44,6 +55,11 @@ PREFETCH_BELOW_SECONDS = 0.005
 MEMORY_SAMPLE_SECONDS = 0.1
 #: workers that die before running anything, in a row, before the pool gives up
 MAX_STARTUP_FAILURES = 3
+#: how long ``close`` waits for the manager to stop the workers (it needs about 2 s at most)
+CLOSE_JOIN_SECONDS = 15.0
+
+_IN, _OUT = select.POLLIN, select.POLLOUT
+_CHANNEL, _EXIT, _WAKE = "channel", "exit", "wake"
 
 
 class _Job:
@@ -66,18 +82,23 @@ class MultiprocessingBackend(Backend):
         self.nb_workers: int = config.nb_workers
         self._lock = threading.Lock()
         self._pending: deque[_Job] = deque()
-        self._jobs: dict[int, _Job] = {}  # every job not yet reported
+        self._jobs: dict[int, _Job] = {}  # the ledger: every job not yet reported
         self._ids = itertools.count()
         self._workers: list[Worker] = []
+        self._poll = select.poll()
+        self._handles: dict[int, tuple[str, Worker | None]] = {}
         self._mean_seconds: float | None = None
         self._last_completion = time.monotonic()
         self._next_memory_sample = 0.0
         self._startup_failures = 0
         self._closed = False
+        self._broken: str | None = None  # why the pool cannot run jobs any more
         self._wake_pending = False
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
         self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._start_error: BaseException | None = None
         self._launcher: mp_pool.Launcher | None = None
         self.dump_dir: str | None = None
 
@@ -89,9 +110,14 @@ class MultiprocessingBackend(Backend):
             self.dump_dir = create_dump_dir(self.config.dump_dir, self.config.out_dir, needed)
         settings = worker_settings(self.config)
         self._launcher = mp_pool.Launcher(self.config.mp_mode, self.dump_dir, settings)
-        self._workers = [self._launcher.spawn() for _ in range(self.nb_workers)]
+        self._register(self._wake_read, _WAKE, None)
+        # The manager thread starts the workers: each dies with the thread that started it (the
+        # parent-death signal), so that must be a thread that lives as long as the pool.
         self._thread = threading.Thread(target=self._manage, name="orchestrix-pool", daemon=True)
         self._thread.start()
+        self._started.wait()
+        if self._start_error is not None:
+            raise self._start_error
 
     def capacity(self) -> int:
         return self.nb_workers * (2 * self._batch_size() + 1)
@@ -99,6 +125,8 @@ class MultiprocessingBackend(Backend):
     def submit(self, unit: WorkUnit, inputs: Mapping[str, Any], sink: Sink) -> int:
         job = _Job(next(self._ids), unit, inputs, sink)
         with self._lock:
+            if self._broken is not None:
+                raise OrchestrixError(f"the worker pool cannot run tasks: {self._broken}")
             if self._closed:
                 raise RuntimeError("cannot schedule new work after the orchestrator was closed")
             self._pending.append(job)
@@ -125,52 +153,92 @@ class MultiprocessingBackend(Backend):
             if self._closed:
                 return
             self._closed = True
-            leftover = list(self._jobs.values())
-            self._jobs.clear()
         os.write(self._wake_write, b"!")
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        mp_pool.stop_all(self._workers)
-        self._workers = []
+        thread = self._thread
+        manager_ended = thread is None or thread is threading.current_thread()
+        if not manager_ended:
+            assert thread is not None
+            thread.join(timeout=CLOSE_JOIN_SECONDS)
+            manager_ended = not thread.is_alive()
+        if not manager_ended:
+            logger.error("orchestrix: the worker pool's manager did not stop; killing its workers")
+            for worker in list(self._workers):
+                worker.kill(StopReason.CLOSE)
+        self._settle_all(lambda unit: _closed_error(unit))
+        if manager_ended and thread is not threading.current_thread():
+            self._release()
+
+    def _release(self) -> None:
+        """What the pool holds beyond its workers: the forkserver, the wake-up pipe, dumps."""
         if self._launcher is not None:
             self._launcher.close()
         for fd in (self._wake_read, self._wake_write):
             os.close(fd)
         if self.dump_dir is not None:
             shutil.rmtree(self.dump_dir, ignore_errors=True)
-        for job in leftover:
-            message = f"task {job.unit.name!r} did not finish: the orchestrator was closed"
-            self._report(job, failure=TaskError(job.unit.key, job.unit.name, message))
 
     # -- the manager thread -------------------------------------------------------------------
 
     def _manage(self) -> None:
         try:
-            while not self._closed:
+            for _ in range(self.nb_workers):
+                self._add_worker(self._launcher_or_fail().spawn())
+        except BaseException as exc:  # noqa: BLE001 - start() raises it in the caller
+            self._start_error = exc
+        self._started.set()
+        try:
+            while self._start_error is None and not self._closed and self._broken is None:
                 self._dispatch()
                 self._wait_for_events(self._seconds_to_next_deadline())
                 self._enforce_deadlines()
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - every waiting call must hear of it
             logger.exception("orchestrix: the worker pool's manager failed")
-            with self._lock:
-                jobs = list(self._jobs.values())
-                self._jobs.clear()
-            for job in jobs:
-                error = TaskError(job.unit.key, job.unit.name, f"the worker pool failed: {exc!r}")
-                self._report(job, failure=error)
+            message = f"the worker pool's manager failed: {type(exc).__name__}: {exc}"
+            self._break(message, lambda unit: TaskError(unit.key, unit.name, _about(unit, message)))
+        finally:
+            mp_pool.stop_all(self._workers)  # in this thread: see above
+            self._workers = []
+
+    def _launcher_or_fail(self) -> mp_pool.Launcher:
+        if self._launcher is None:
+            raise OrchestrixError("the worker pool was not started")
+        return self._launcher
+
+    def _add_worker(self, worker: Worker) -> None:
+        self._workers.append(worker)
+        self._register(worker.channel.fileno(), _CHANNEL, worker)
+        self._register(worker.exit_handle, _EXIT, worker)
+
+    def _spawn_replacement(self) -> None:
+        try:
+            worker = self._launcher_or_fail().spawn()
+        except Exception as exc:  # noqa: BLE001 - e.g. out of processes or descriptors
+            message = f"a worker process could not be started: {type(exc).__name__}: {exc}"
+            self._break(message, lambda unit: TaskError(unit.key, unit.name, _about(unit, message)))
+            return
+        self._add_worker(worker)
+
+    def _register(self, fd: int, kind: str, worker: Worker | None) -> None:
+        self._poll.register(fd, _IN)
+        self._handles[fd] = (kind, worker)
+
+    def _unregister(self, fd: int) -> None:
+        if self._handles.pop(fd, None) is not None:
+            self._poll.unregister(fd)
 
     def _wait_for_events(self, timeout: float | None) -> None:
-        by_conn = {worker.conn: worker for worker in self._workers}
-        by_sentinel = {worker.process.sentinel: worker for worker in self._workers}
-        ready = wait([self._wake_read, *by_conn, *by_sentinel], timeout)
-        for item in ready:
-            if item == self._wake_read:
+        milliseconds = None if timeout is None else math.ceil(timeout * 1000)
+        exited = []
+        for fd, events in self._poll.poll(milliseconds):
+            kind, worker = self._handles.get(fd, (None, None))
+            if kind == _WAKE:
                 self._drain_wake_pipe()
-            elif item in by_conn:
-                self._receive(by_conn[item])
-        for item in ready:
-            if item in by_sentinel:
-                self._on_exit(by_sentinel[item])
+            elif kind == _CHANNEL and worker is not None:
+                self._on_channel(worker, events)
+            elif kind == _EXIT and worker is not None:
+                exited.append(worker)
+        for worker in exited:
+            self._on_exit(worker)
 
     def _drain_wake_pipe(self) -> None:
         try:
@@ -182,6 +250,31 @@ class MultiprocessingBackend(Backend):
         # which the dispatch that follows sees. Clearing first could swallow the last wake-up.
         with self._lock:
             self._wake_pending = False
+
+    def _on_channel(self, worker: Worker, events: int) -> None:
+        channel = worker.channel
+        if events & _OUT:
+            channel.flush()
+        self._read(worker)
+        if channel.eof:
+            # It closed its end: it is ending (its exit handle fires next), or it is broken.
+            self._unregister(channel.fileno())
+        else:
+            self._watch_output(worker)
+
+    def _watch_output(self, worker: Worker) -> None:
+        fd = worker.channel.fileno()
+        if fd in self._handles:
+            self._poll.modify(fd, _IN | _OUT if worker.channel.sending else _IN)
+
+    def _read(self, worker: Worker) -> None:
+        for message in worker.channel.receive():
+            if isinstance(message, ResultWindow):
+                self._receive(worker, message)
+            elif isinstance(message, StartFailed):
+                worker.start_error = message.traceback_text
+            else:
+                raise OrchestrixError(f"unexpected message from worker {worker.pid}: {message!r}")
 
     # -- sending work -------------------------------------------------------------------------
 
@@ -229,24 +322,21 @@ class MultiprocessingBackend(Backend):
         worker.outstanding.extend(jobs)
         if self.monitor.trackers:
             self.monitor.note_started([job.unit for job in jobs], worker.name)
-        message = (RUN, [job.id for job in jobs], payload)
-        try:
-            worker.conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
-        except OSError:
-            pass  # the worker died: its sentinel fires next and its jobs go back to the queue
+        worker.channel.send(RunBatch([job.id for job in jobs], payload))
+        self._watch_output(worker)
 
     def _pickle_batch(self, jobs: list[_Job]) -> tuple[bytes, list[_Job]]:
         """Pickle the jobs together (a function shared by many jobs is pickled once); if that
         fails, find and fail the jobs that cannot be pickled, and send the others."""
         try:
             return dumps_work([(job.unit, job.inputs) for job in jobs]), jobs
-        except Exception:  # noqa: BLE001 - find the culprits one by one
+        except BaseException:  # noqa: BLE001 - a hostile __reduce__ may raise anything
             pass
         good = []
         for job in jobs:
             try:
                 dumps_work((job.unit, job.inputs))
-            except Exception as exc:  # noqa: BLE001 - report what could not be pickled
+            except BaseException as exc:  # noqa: BLE001 - report what could not be pickled
                 self._fail_unpicklable(job, exc)
             else:
                 good.append(job)
@@ -255,11 +345,11 @@ class MultiprocessingBackend(Backend):
     def _retire_if_due(self, worker: Worker) -> None:
         limit = self.config.max_tasks_per_worker
         if limit is not None and worker.done + len(worker.outstanding) >= limit:
-            worker.stopping = "retire"  # no more jobs; it stops when it has finished its own
+            worker.stopping = StopReason.RETIRE  # no more jobs; it stops once its own are done
             if not worker.outstanding:
                 worker.send_stop()
-            assert self._launcher is not None
-            self._workers.append(self._launcher.spawn())  # its replacement starts now
+                self._watch_output(worker)
+            self._spawn_replacement()  # its replacement starts now
 
     def _batch_size(self) -> int:
         if self._mean_seconds is None:
@@ -268,22 +358,18 @@ class MultiprocessingBackend(Backend):
 
     # -- receiving results --------------------------------------------------------------------
 
-    def _receive(self, worker: Worker) -> bool:
-        """Read one message of results; False when there is none (the worker ended)."""
-        try:
-            if not worker.conn.poll():
-                return False
-            results, cpu, peak_rss_mb = pickle.loads(worker.conn.recv_bytes())
-        except (EOFError, OSError):
-            return False  # it died; the sentinel handles it
+    def _receive(self, worker: Worker, window: ResultWindow) -> None:
         now = time.monotonic()
         worker.last_progress = self._last_completion = now
-        window_wall = sum(sum(result[4]) for result in results)
+        results = window.results
+        window_wall = sum(sum(result.walls) for result in results)
         ran = []
-        for job_id, status, data, started, walls, growth_mb in results:
+        for result in results:
             job = worker.outstanding.popleft()
-            assert job.id == job_id, "results arrive in the order jobs were sent"
+            if job.id != result.job_id:
+                raise OrchestrixError("results arrive in the order jobs were sent")
             worker.done += 1
+            walls = result.walls
             seconds = walls[0] if len(walls) == 1 else sum(walls)
             self._mean_seconds = (
                 seconds
@@ -291,87 +377,100 @@ class MultiprocessingBackend(Backend):
                 else (0.8 * self._mean_seconds + 0.2 * seconds)
             )
             if walls:
-                ran.append((job.unit, started, walls, status == OK, growth_mb))
-            self._deliver(job, status, data, worker.name)
-        cpu_per_wall = cpu / window_wall if window_wall > 0 else 0.0
-        self.monitor.record_units(worker.name, cpu_per_wall, peak_rss_mb, ran)
-        if worker.stopping == "retire" and not worker.outstanding:
+                ok = result.status is JobStatus.OK
+                ran.append((job.unit, result.started, walls, ok, result.growth_mb))
+            self._deliver(job, result, worker.name)
+        cpu_per_wall = window.cpu_seconds / window_wall if window_wall > 0 else 0.0
+        self.monitor.record_units(worker.name, cpu_per_wall, window.peak_rss_mb, ran)
+        if worker.stopping is StopReason.RETIRE and not worker.outstanding:
             worker.send_stop()
-        return True
+            self._watch_output(worker)
 
-    def _deliver(self, job: _Job, status: str, data: Any, worker: str) -> None:
+    def _deliver(self, job: _Job, result: JobResult, worker: str) -> None:
         unit = job.unit
         try:
-            if status == OK:
-                self._report(job, value=pickle.loads(data))
+            if result.status is JobStatus.OK:
+                self._settle(job, UnitOutcome(unit, value=pickle.loads(result.data)))
                 return
-            if status == FAILED:
-                failure: TaskFailure = pickle.loads(data)
+            if result.status is JobStatus.FAILED:
+                failure: TaskFailure = pickle.loads(result.data)
                 failure.worker = worker
-                self._report_failure(job, failure)
+                self._settle(job, UnitOutcome(unit, failure=failure))
                 return
-            error: BaseException = RuntimeError("the worker could not load the task")
-            self._report_failure(job, TaskFailure(unit.key, unit.name, error, data))
-        except Exception as exc:  # noqa: BLE001 - e.g. a result whose class the caller lacks
-            message = f"the result of task {unit.name!r} could not be unpickled: {exc!r}"
-            self._report_failure(job, TaskFailure(unit.key, unit.name, exc, None), message)
+            error = RuntimeError(
+                f"the worker could not load task {unit.name!r}; its traceback says why"
+            )
+            self._settle_failure(job, TaskFailure(unit.key, unit.name, error, result.data))
+        except BaseException as exc:  # noqa: BLE001 - e.g. a result whose class the caller lacks
+            error = RuntimeError(
+                f"the result of task {unit.name!r} could not be unpickled: "
+                f"{type(exc).__name__}: {exc}"
+            )
+            error.__cause__ = exc
+            self._settle_failure(job, TaskFailure(unit.key, unit.name, error, None, worker=worker))
 
     # -- workers that end ---------------------------------------------------------------------
 
     def _on_exit(self, worker: Worker) -> None:
-        while self._receive(worker):  # results sent before it died are still in the pipe
-            pass
+        self._read(worker)  # results sent before it died are still in the socket
+        self._unregister(worker.channel.fileno())
+        self._unregister(worker.exit_handle)
         worker.reap()
         self._workers.remove(worker)
         lost, running, waiting = worker.split_outstanding()
-        jobs = worker.outstanding.copy()
         worker.outstanding.clear()
         reason = worker.stopping
         with self._lock:  # jobs not at fault go back first in line, using no attempt
             self._pending.extendleft(reversed(lost + waiting))
         if running is not None:
             self._handle_interrupted(worker, running)
-        if reason == "retire" or self._closed:
+        if reason is StopReason.RETIRE or self._closed:
             return
-        if reason is None and worker.done == 0 and not jobs:
+        if reason is None and worker.started.value == 0:
             self._startup_failures += 1
             if self._startup_failures >= MAX_STARTUP_FAILURES:
-                self._fail_pending(crash_error(worker, None))
+                error = crash_error(worker, None)
+                message = str(error)
+                self._break(
+                    message,
+                    lambda unit: type(error)(unit.key, unit.name, message, error.exitcode),
+                )
                 return
         else:
             self._startup_failures = 0
-        assert self._launcher is not None
-        self._workers.append(self._launcher.spawn())
+        self._spawn_replacement()
 
     def _handle_interrupted(self, worker: Worker, job: _Job) -> None:
         unit = job.unit
-        if worker.stopping == "timeout":
+        if worker.stopping is StopReason.TIMEOUT:
             limit = self.config.per_job_timeout
             message = (
                 f"task {unit.name!r} ran longer than per_job_timeout={limit} s; its worker was "
                 f"killed (key {unit.key})"
             )
             self._retry_or_fail(job, TaskTimeoutError(unit.key, unit.name, message, limit))
-        elif worker.stopping == "memory":
+        elif worker.stopping is StopReason.MEMORY:
             limit = self.config.max_ram_per_worker
             message = (
                 f"task {unit.name!r} made its worker use {worker.peak_rss_mb:,.0f} MB, over "
                 f"max_ram_per_worker={limit:,} MB; the worker was killed (key {unit.key})"
             )
             error = WorkerMemoryError(unit.key, unit.name, message, worker.peak_rss_mb, limit)
-            self._report(job, failure=error)
-        elif worker.stopping == "stall":
+            self._settle_error(job, error)
+        elif worker.stopping is StopReason.STALL:
             if job.stalls >= 2:
                 timeout = self.config.task_timeout
                 message = (
                     f"no task finished for task_timeout={timeout} s, twice, while task "
                     f"{unit.name!r} was running (key {unit.key})"
                 )
-                self._report(job, failure=StallError(unit.key, unit.name, message))
+                self._settle_error(job, StallError(unit.key, unit.name, message))
             else:
                 self.monitor.note_retry(job.unit)
                 with self._lock:
                     self._pending.appendleft(job)
+        elif worker.stopping is StopReason.CLOSE:
+            self._settle_error(job, _closed_error(unit))
         else:
             self._retry_or_fail(job, crash_error(worker, job.unit))
 
@@ -385,7 +484,7 @@ class MultiprocessingBackend(Backend):
             with self._lock:
                 self._pending.appendleft(job)
         else:
-            self._report(job, failure=error)
+            self._settle_error(job, error)
 
     # -- deadlines ----------------------------------------------------------------------------
 
@@ -409,13 +508,13 @@ class MultiprocessingBackend(Backend):
         timeout = self.config.per_job_timeout
         for worker in busy:
             if timeout is not None and now - worker.last_progress > timeout:
-                worker.kill("timeout")
+                worker.kill(StopReason.TIMEOUT)
         if now >= self._next_memory_sample:
             self._next_memory_sample = now + MEMORY_SAMPLE_SECONDS
             limit = self.config.max_ram_per_worker
             for worker in busy:
                 if worker.stopping is None and worker.sample_memory_mb() > limit:
-                    worker.kill("memory")
+                    worker.kill(StopReason.MEMORY)
         stall_limit = self.config.task_timeout
         stalled = stall_limit is not None and now - self._last_completion > stall_limit
         if stalled and (busy or self._pending):
@@ -429,41 +528,55 @@ class MultiprocessingBackend(Backend):
         for worker in busy:
             if worker.outstanding:
                 worker.outstanding[0].stalls += 1
-            worker.kill("stall")
+            worker.kill(StopReason.STALL)
         self._last_completion = now
 
-    # -- reporting ----------------------------------------------------------------------------
+    # -- reporting: every job leaves the ledger through _settle ----------------------------------
 
-    def _fail_unpicklable(self, job: _Job, exc: Exception) -> None:
+    def _fail_unpicklable(self, job: _Job, exc: BaseException) -> None:
         unit = job.unit
         error = pickle.PicklingError(
             f"task {unit.name!r} could not be sent to a worker: its function or an argument "
             f"cannot be pickled: {type(exc).__name__}: {exc}"
         )
-        self._report_failure(job, TaskFailure(unit.key, unit.name, error, None))
+        error.__cause__ = exc
+        self._settle_failure(job, TaskFailure(unit.key, unit.name, error, None))
 
-    def _fail_pending(self, error: TaskError) -> None:
+    def _break(self, message: str, error_for: Callable[[WorkUnit], TaskError]) -> None:
+        """The pool cannot go on: every job in the ledger fails, and so does every later submit."""
         with self._lock:
-            jobs = list(self._pending)
+            self._broken = message
             self._pending.clear()
-        for job in jobs:
-            self._report(job, failure=error)
+        self._settle_all(error_for)
 
-    def _report_failure(self, job: _Job, failure: TaskFailure, message: str | None = None) -> None:
-        if message is not None:
-            failure.exception = RuntimeError(message)
+    def _settle_all(self, error_for: Callable[[WorkUnit], TaskError]) -> None:
         with self._lock:
-            live = self._jobs.pop(job.id, None) is not None
-        if live:
-            job.sink(UnitOutcome(job.unit, failure=failure))
+            jobs = list(self._jobs.values())
+        for job in jobs:
+            self._settle_error(job, error_for(job.unit))
 
-    def _report(self, job: _Job, value: Any = None, failure: TaskError | None = None) -> None:
+    def _settle_failure(self, job: _Job, failure: TaskFailure) -> None:
+        self._settle(job, UnitOutcome(job.unit, failure=failure))
+
+    def _settle_error(self, job: _Job, error: TaskError) -> None:
+        failure = TaskFailure(error.key, error.name, error, None, error=error)
+        self._settle(job, UnitOutcome(job.unit, failure=failure))
+
+    def _settle(self, job: _Job, outcome: UnitOutcome) -> None:
+        """Report the job's outcome, unless it was reported or cancelled already."""
         with self._lock:
             live = self._jobs.pop(job.id, None) is not None
         if not live:
-            return  # cancelled: nobody waits for it
-        if failure is None:
-            job.sink(UnitOutcome(job.unit, value=value))
-        else:
-            cause = TaskFailure(failure.key, failure.name, failure, None, error=failure)
-            job.sink(UnitOutcome(job.unit, failure=cause))
+            return  # cancelled, or ended another way first: nobody waits for this outcome
+        try:
+            job.sink(outcome)
+        except BaseException:  # noqa: BLE001 - a receiver's failure must not stop the pool
+            logger.exception("orchestrix: delivering the outcome of %r failed", job.unit.name)
+
+
+def _about(unit: WorkUnit, message: str) -> str:
+    return f"task {unit.name!r} did not finish: {message} (key {unit.key})"
+
+
+def _closed_error(unit: WorkUnit) -> TaskError:
+    return TaskError(unit.key, unit.name, _about(unit, "the orchestrator was closed"))

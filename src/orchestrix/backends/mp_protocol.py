@@ -1,0 +1,206 @@
+"""What the ``multiprocessing`` pool's parent and its workers say to each other, and the framing.
+
+Every message is one pickled record below, framed by its length (8 bytes, big-endian), on a Unix
+socket pair. The two ends behave differently, and that is the point:
+
+- The worker's end blocks: a worker has nothing else to do while it reads a batch or writes its
+  results.
+- The parent's end never blocks (:class:`Channel`): what the manager sends is queued and written
+  as the socket accepts it, what arrives is read as it comes. So the manager cannot wait on a
+  worker's pipe while that worker waits on it (a big batch going out while big results come
+  back), and one slow or stopped worker never holds up the others or the deadlines.
+"""
+
+from __future__ import annotations
+
+import enum
+import pickle
+import socket
+import struct
+from collections import deque
+from typing import Any, NamedTuple
+
+__all__ = [
+    "Channel",
+    "JobResult",
+    "JobStatus",
+    "ResultWindow",
+    "RunBatch",
+    "StartFailed",
+    "Stop",
+    "recv_message",
+    "send_message",
+]
+
+_HEADER = struct.Struct("!Q")
+#: below this a message is copied behind its header, so it goes out in one write
+_COALESCE_BYTES = 64 * 1024
+
+
+class JobStatus(enum.IntEnum):
+    """How a job ended in the worker; says what :attr:`JobResult.data` holds."""
+
+    #: the task ran; data is its pickled value
+    OK = 0
+    #: a task of the unit raised; data is a pickled TaskFailure
+    FAILED = 1
+    #: the batch could not be unpickled in the worker (e.g. a module it cannot import); data is
+    #: the worker's traceback text. Distinct from FAILED: no task ran, and no exception object
+    #: could be made there
+    UNLOADABLE = 2
+
+
+# -- parent -> worker -------------------------------------------------------------------------
+
+
+class RunBatch(NamedTuple):
+    """Run these jobs in order; ``payload`` pickles a list of ``(unit, inputs)``."""
+
+    job_ids: list[int]
+    payload: bytes
+
+
+class Stop(NamedTuple):
+    """Finish the jobs already sent, then exit."""
+
+
+# -- worker -> parent -------------------------------------------------------------------------
+
+
+class JobResult(NamedTuple):
+    job_id: int
+    status: JobStatus
+    data: Any
+    started: float  # epoch seconds
+    walls: list[float]  # one per task that ran, the failed one last
+    growth_mb: list[float] | None  # loop testing only
+
+
+class ResultWindow(NamedTuple):
+    """Results of the jobs finished since the last window, with the CPU seconds and peak memory
+    the worker used over that window."""
+
+    results: list[JobResult]
+    cpu_seconds: float
+    peak_rss_mb: float
+
+
+class StartFailed(NamedTuple):
+    """The worker could not set itself up (profiler, log file...); it exits after sending this."""
+
+    traceback_text: str
+
+
+# -- the worker's end: blocking ---------------------------------------------------------------
+
+
+def send_message(sock: socket.socket, message: Any) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    if len(data) < _COALESCE_BYTES:
+        sock.sendall(_HEADER.pack(len(data)) + data)
+    else:
+        sock.sendall(_HEADER.pack(len(data)))
+        sock.sendall(data)
+
+
+def recv_message(sock: socket.socket) -> Any:
+    """The next message; None when the parent has closed its end."""
+    header = _recv_exactly(sock, _HEADER.size)
+    if header is None:
+        return None
+    body = _recv_exactly(sock, _HEADER.unpack(header)[0])
+    return None if body is None else pickle.loads(body)
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytearray | None:
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    got = 0
+    while got < size:
+        count = sock.recv_into(view[got:])
+        if count == 0:
+            return None
+        got += count
+    return buffer
+
+
+# -- the parent's end: never blocks -----------------------------------------------------------
+
+
+class Channel:
+    """The parent's non-blocking end of one worker's socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.eof = False  # the worker's end is closed (or broken): nothing more will come
+        self._out: deque[memoryview] = deque()
+        self._header = bytearray(_HEADER.size)
+        self._body: bytearray | None = None  # the message being read, once its size is known
+        self._got = 0
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    @property
+    def sending(self) -> bool:
+        """Whether some of what was queued is not written yet (wait for the socket to drain)."""
+        return bool(self._out)
+
+    def send(self, message: Any) -> None:
+        """Queue ``message`` and write what the socket takes now."""
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        header = _HEADER.pack(len(data))
+        if len(data) < _COALESCE_BYTES:
+            self._out.append(memoryview(header + data))
+        else:
+            self._out.extend((memoryview(header), memoryview(data)))
+        self.flush()
+
+    def flush(self) -> None:
+        """Write queued bytes until the socket is full. A broken socket drops them: the worker
+        is gone, and its sentinel accounts for its jobs."""
+        out = self._out
+        while out:
+            view = out[0]
+            try:
+                count = self.sock.send(view)
+            except BlockingIOError:
+                return
+            except OSError:
+                out.clear()
+                return
+            if count < len(view):
+                out[0] = view[count:]
+                return
+            out.popleft()
+
+    def receive(self) -> list[Any]:
+        """The messages that have arrived in full (read until the socket is empty)."""
+        messages = []
+        while not self.eof:
+            body = self._body
+            target = memoryview(self._header if body is None else body)[self._got :]
+            try:
+                count = self.sock.recv_into(target) if len(target) else 0
+            except BlockingIOError:
+                break
+            except OSError:
+                count = -1
+            if count <= 0 and len(target):
+                self.eof = True
+                break
+            self._got += count
+            if self._got < (len(self._header) if body is None else len(body)):
+                continue
+            self._got = 0
+            if body is None:
+                self._body = bytearray(_HEADER.unpack(self._header)[0])
+            else:
+                self._body = None
+                messages.append(pickle.loads(body))
+        return messages
+
+    def close(self) -> None:
+        self._out.clear()
+        self.sock.close()
