@@ -191,7 +191,7 @@ class MultiprocessingBackend(Backend):
                 self._dispatch()
                 self._wait_for_events(self._seconds_to_next_deadline())
                 self._enforce_deadlines()
-        except BaseException as exc:  # noqa: BLE001 - every waiting call must hear of it
+        except BaseException as exc:
             logger.exception("orchestrix: the worker pool's manager failed")
             message = f"the worker pool's manager failed: {type(exc).__name__}: {exc}"
             self._break(message, lambda unit: TaskError(unit.key, unit.name, _about(unit, message)))
@@ -570,7 +570,7 @@ class MultiprocessingBackend(Backend):
             return  # cancelled, or ended another way first: nobody waits for this outcome
         try:
             job.sink(outcome)
-        except BaseException:  # noqa: BLE001 - a receiver's failure must not stop the pool
+        except BaseException:
             logger.exception("orchestrix: delivering the outcome of %r failed", job.unit.name)
 
 
