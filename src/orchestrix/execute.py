@@ -87,7 +87,10 @@ def run_unit(
         begin = clock()
         try:
             value = call(node, values)
-        except Exception as exc:  # noqa: BLE001 - any failure of user code is the task's
+        except BaseException as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt... too
+            # Whatever the task raises is the task's failure, not the worker's: a worker that
+            # exited on a task's SystemExit would be taken for a crash and the task retried.
+            # (The sequential backend tells a real Ctrl-C apart and lets it through.)
             walls.append(clock() - begin)
             CURRENT.key = None
             text = "".join(traceback.format_exception(exc)) if remote else None
@@ -131,12 +134,16 @@ def portable_failure(failure: TaskFailure) -> TaskFailure:
     """``failure`` made safe to pickle: an exception that cannot be pickled becomes its text."""
     import pickle
 
+    exc = failure.exception
     try:
-        pickle.dumps(failure.exception)
-    except Exception:  # noqa: BLE001 - whatever makes it unpicklable
-        exc = failure.exception
+        # Rebuilt here, not only pickled: an exception whose __init__ takes other arguments
+        # than it passes to BaseException pickles fine and fails in the caller's unpickling.
+        pickle.loads(pickle.dumps(exc))
+    except BaseException as error:  # noqa: BLE001 - whatever makes it unportable
+        kind = type(exc)
         failure.exception = RuntimeError(
-            f"{type(exc).__name__}: {exc} (the exception could not be pickled)"
+            f"{kind.__module__}.{kind.__qualname__}: {exc} (the exception itself could not "
+            f"cross to the caller: {type(error).__name__}: {error})"
         )
     return failure
 

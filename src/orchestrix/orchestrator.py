@@ -25,8 +25,10 @@ from .backends.base import Backend
 from .callbacks import CallbackTracker, TaskEvent
 from .config import Config, load_config_file, parse_config
 from .engine import Engine, task_error
+from .errors import TaskError
 from .execute import UnitOutcome
 from .factorize import WorkUnit
+from .futures import CallbackThread, CallFuture
 from .graph import (
     Delayed,
     TaskFunction,
@@ -84,6 +86,7 @@ class Orchestrator(Executor):
         self._closed = False
         self._lock = threading.Lock()
         self._futures: dict[Future[Any], int] = {}  # submitted calls not finished -> job id
+        self._callbacks = CallbackThread()
         self.monitor = self._backend.monitor
         if self.config.out_dir is not None:
             _write_used_config(self.config)
@@ -98,7 +101,7 @@ class Orchestrator(Executor):
             self.monitor.add_tracker(tracker)
         # The finalizer holds what closing needs, never self: it also runs at interpreter exit.
         self._finalizer = weakref.finalize(
-            self, _close, self._backend, files, facts, trackers, on_run_end
+            self, _close, self._backend, self._callbacks, files, facts, trackers, on_run_end
         )
         try:
             self._backend.start()
@@ -177,7 +180,7 @@ class Orchestrator(Executor):
         if bar is not None:
             for index, (future, _) in enumerate(jobs):
                 items = min(chunksize, len(calls) - index * chunksize)
-                future.add_done_callback(functools.partial(bar.on_future, items))
+                future.add_internal_callback(functools.partial(bar.on_future, items))
         return self._results_in_order(jobs, deadline, chunked=chunksize > 1, bar=bar)
 
     def map_tiles(
@@ -313,13 +316,13 @@ class Orchestrator(Executor):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         name: str | None = None,
-    ) -> tuple[Future[Any], int]:
+    ) -> tuple[CallFuture, int]:
         self._check_open()
         if contains_delayed(args) or contains_delayed(kwargs):
             args, kwargs = self.compute((args, kwargs))
         if isinstance(fn, TaskFunction):  # a task submitted directly runs its function
             name, fn = name or fn.name, fn.func
-        future: Future[Any] = Future()
+        future = CallFuture(self._callbacks)
         node = TaskNode.call(fn, name or _name_of(fn), args, kwargs, f"call{next(_CALL_IDS)}")
         unit = WorkUnit((node,), ())
         if self.monitor.trackers:
@@ -327,7 +330,7 @@ class Orchestrator(Executor):
         job = self._backend.submit(unit, {}, functools.partial(self._settle, future))
         with self._lock:
             self._futures[future] = job
-        future.add_done_callback(self._forget_future)
+        future.add_internal_callback(self._forget_future)
         return future, job
 
     def _forget_future(self, future: Future[Any]) -> None:
@@ -349,12 +352,25 @@ class Orchestrator(Executor):
         if outcome.failure is not None:
             self.monitor.note_failure(outcome.failure, outcome.failure.worker)
             future.set_exception(task_error(outcome.failure))
+            return
+        try:
+            value = self._backend.materialize(outcome.value)
+        except Exception as exc:  # noqa: BLE001 - e.g. a dump file removed under the run
+            unit = outcome.unit
+            error = TaskError(
+                unit.key,
+                unit.name,
+                f"the result of task {unit.name!r} could not be read: "
+                f"{type(exc).__name__}: {exc} (key {unit.key})",
+            )
+            error.__cause__ = exc
+            future.set_exception(error)
         else:
-            future.set_result(self._backend.materialize(outcome.value))
+            future.set_result(value)
 
     def _results_in_order(
         self,
-        jobs: list[tuple[Future[Any], int]],
+        jobs: list[tuple[CallFuture, int]],
         deadline: float | None,
         chunked: bool,
         bar: ProgressBar | None,
@@ -418,6 +434,7 @@ def _start_trackers(
 
 def _close(
     backend: Backend,
+    callbacks: CallbackThread,
     files: RunFiles,
     facts: dict[str, Any],
     trackers: tuple[EventConsumer, ...],
@@ -428,6 +445,7 @@ def _close(
     try:
         backend.close()
     finally:
+        callbacks.close()  # the callbacks of the calls that the close ended run first
         try:
             files.finish(backend.monitor, facts)
         finally:

@@ -8,6 +8,8 @@ were declared). It is the oracle that every other backend is tested against.
 from __future__ import annotations
 
 import itertools
+import signal
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -29,14 +31,19 @@ class SequentialBackend(Backend):
         self._caller = self._observer if self._observer.wraps_calls else None
         self._meter = UsageMeter(time.process_time)
         self._name = worker_name()
+        self._ctrl_c = _CtrlC()
 
     def start(self) -> None:
         self._observer.start()
+        self._ctrl_c.install()
 
     def submit(self, unit: WorkUnit, inputs: Mapping[str, Any], sink: Sink) -> int:
         if self.monitor.trackers:
             self.monitor.note_started([unit], self._name)
+        self._ctrl_c.seen = False
         outcome = run_measured(unit, inputs, self._meter, self._caller)
+        if outcome.failure is not None and self._ctrl_c.is_real(outcome.failure.exception):
+            raise outcome.failure.exception  # the user's Ctrl-C stops the run, as it should
         self.monitor.record_outcome(outcome, self._name)
         sink(outcome)
         return next(self._job_ids)
@@ -45,5 +52,46 @@ class SequentialBackend(Backend):
         pass  # a job is finished when submit returns
 
     def close(self) -> None:
+        self._ctrl_c.uninstall()
         self._observer.stop()
         self._meter.close()
+
+
+class _CtrlC:
+    """Tells a real Ctrl-C apart from a KeyboardInterrupt that a task raised itself: the first
+    stops the run, the second is the task's failure, as in every other mode.
+
+    While the orchestrator is open, Python's default SIGINT handler is wrapped to note that the
+    signal came. Where it cannot be (not the main thread, a handler of the caller's own), a
+    KeyboardInterrupt in the main thread is taken for a real one."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self._installed = False
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, self._on_sigint)
+            self._installed = True
+
+    def uninstall(self) -> None:
+        if not self._installed or signal.getsignal(signal.SIGINT) != self._on_sigint:
+            return  # never installed, or the caller has set a handler of its own since
+        try:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        except ValueError:
+            return  # closed from another thread: the handler stays, and does what Python's does
+        self._installed = False
+
+    def is_real(self, exc: BaseException) -> bool:
+        if not isinstance(exc, KeyboardInterrupt):
+            return False
+        if self._installed:
+            return self.seen
+        return threading.current_thread() is threading.main_thread()
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        self.seen = True
+        signal.default_int_handler(signum, frame)
