@@ -133,7 +133,7 @@ class Launcher:
             started = self.context.RawValue("q", 0)
             process = self.context.Process(
                 target=worker_main,
-                args=(child_end, self.dump_dir, started, self.settings),
+                args=(child_end, self.dump_dir, started, self.settings, os.getpid()),
                 name="orchestrix-worker",
                 daemon=True,
             )

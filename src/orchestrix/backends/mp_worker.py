@@ -42,13 +42,19 @@ _PR_SET_PDEATHSIG = 1
 
 
 def worker_main(
-    sock: socket.socket, dump_dir: str | None, started: Any, settings: WorkerSettings
+    sock: socket.socket,
+    dump_dir: str | None,
+    started: Any,
+    settings: WorkerSettings,
+    caller_pid: int,
 ) -> None:
     """Entry point of a worker process. ``started`` is a shared counter of the jobs it started:
-    if the worker dies, the parent reads it to know which job was running."""
+    if the worker dies, the parent reads it to know which job was running. ``caller_pid`` is the
+    process that runs the pool (the worker's parent, or the forkserver's)."""
     # Ctrl-C in a terminal reaches the whole process group: the parent decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent()
+    _drop_forkserver_lifeline()
+    _die_with_parent(caller_pid)
     # multiprocessing refuses children to a daemonic process; a task may need them, and the
     # pool stops its workers itself (their children are the task's business).
     multiprocessing.current_process().daemon = False
@@ -72,19 +78,46 @@ def worker_main(
         worker.meter.close()
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(caller_pid: int) -> None:
     """Ask the kernel to kill this process when its parent dies (Linux; elsewhere the worker
-    notices when its socket closes, between jobs)."""
+    notices when its socket closes, between jobs). The parent is the caller, or the forkserver,
+    which exits when the caller dies."""
     if not sys.platform.startswith("linux"):
         return
-    parent = os.getppid()
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
     except (OSError, AttributeError):
         return
-    if os.getppid() != parent:  # the parent died before the request was made
+    try:  # the caller may have died before the request was made: then nothing would come
+        os.kill(caller_pid, 0)
+    except ProcessLookupError:
         os._exit(1)
+    except PermissionError:
+        pass
+
+
+def _drop_forkserver_lifeline() -> None:
+    """Close this process's copy of the forkserver's liveness pipe.
+
+    The forkserver exits when the last write end of that pipe closes; the caller holds one, and
+    multiprocessing hands one to every process it starts (forked from the forkserver or from a
+    caller that has one). Kept here, it would keep the forkserver, this worker's parent, alive
+    after the caller died, and the parent-death signal would never come. A task that starts its
+    own forkserver pool then gets a forkserver of its own."""
+    import multiprocessing.forkserver
+
+    server: Any = multiprocessing.forkserver._forkserver
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if fd is None:
+        return
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+    server._forkserver_alive_fd = None
+    server._forkserver_address = None
+    server._forkserver_pid = None
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
