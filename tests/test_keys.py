@@ -57,8 +57,10 @@ def test_upstream_change_changes_downstream_key():
     assert inc(inc(1)).key != inc(inc(2)).key
 
 
-def test_dict_and_set_order_do_not_matter():
-    assert tokenize({"a": 1, "b": 2}) == tokenize({"b": 2, "a": 1})
+def test_set_order_does_not_matter_dict_order_does():
+    # A dict's order is what a task iterating it sees (a DataFrame's columns): part of the key.
+    assert tokenize({"a": 1, "b": 2}) != tokenize({"b": 2, "a": 1})
+    assert tokenize({"a": 1, "b": 2}) == tokenize(dict([("a", 1), ("b", 2)]))
     assert tokenize({3, 1, 2}) == tokenize({1, 2, 3})
     assert tokenize({"a": 1}) != tokenize({"a": 2})
 

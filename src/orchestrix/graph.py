@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, overload
 
-from .tokenize import tokenize
+from .tokenize import FunctionToken, tokenize
 
 __all__ = ["Delayed", "Graph", "Ref", "TaskFunction", "TaskNode", "build_graph", "task"]
 
@@ -143,13 +143,13 @@ class TaskFunction:
         self.nout = nout
         self.name = name or _function_name(func)
         self.pure = pure
-        # The function is hashed once, not per call: its code rarely changes during a run.
-        self._func_token = tokenize(func) if pure else ""
+        # The function is hashed once, and again only when it has been rebound (see FunctionToken).
+        self._func_token = FunctionToken(func)
         functools.update_wrapper(self, func)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # An impure task gets a fresh token per call, so two calls are never merged into one node.
-        token = tokenize(self._func_token, args, kwargs) if self.pure else uuid.uuid4().hex
+        token = tokenize(self._func_token(), args, kwargs) if self.pure else uuid.uuid4().hex
         node = TaskNode(self.func, self.name, args, kwargs, self.nout, token)
         if self.nout == 1:
             return Delayed(node)
@@ -157,6 +157,10 @@ class TaskFunction:
 
     def __repr__(self) -> str:
         return f"<orchestrix task {self.name} nout={self.nout}>"
+
+    def __orchestrix_token__(self) -> tuple[Any, ...]:
+        # A task passed as an argument: what it would do, not its cached state
+        return (self.func, self.nout, self.name, self.pure)
 
 
 @overload
