@@ -69,5 +69,6 @@ def _file_mappings() -> list[tuple[int, int, str, int, int, str]]:
         if len(fields) < 6 or fields[4] == "0":
             continue  # anonymous memory
         start, _, end = fields[0].partition("-")
-        rows.append((int(start, 16), int(end, 16), fields[1], int(fields[2], 16), int(fields[4]), fields[5]))
+        offset, inode = int(fields[2], 16), int(fields[4])
+        rows.append((int(start, 16), int(end, 16), fields[1], offset, inode, fields[5]))
     return rows
