@@ -274,7 +274,7 @@ def map_nested(obj: Any, leaf_type: type, replace: Callable[[Any], Any]) -> Any:
         return obj  # the common case, a few plain arguments: nothing to walk
     on_path = {id(obj)}
     cyclic: set[int] = set()  # containers met again below themselves
-    frames = [(obj, _items_of(obj), [])]
+    frames: list[tuple[Any, list[Any], list[Any]]] = [(obj, _items_of(obj), [])]
     while True:
         container, items, done = frames[-1]
         if len(done) < len(items):

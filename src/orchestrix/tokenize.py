@@ -284,11 +284,11 @@ def _write_sorted(walker: _Walker, digests: list[bytes]) -> None:
 def _end_code(walker: _Walker, code: types.CodeType) -> None:
     digest = b"code:" + _finish_part(walker)
     ident = id(code)
-    _CODE_DIGESTS[ident] = (weakref.ref(code, lambda _, ident=ident: _forget(ident)), digest)
+    _CODE_DIGESTS[ident] = (weakref.ref(code, functools.partial(_forget, ident)), digest)
     walker._update(digest)
 
 
-def _forget(ident: int) -> None:
+def _forget(ident: int, _ref: Any) -> None:
     _CODE_DIGESTS.pop(ident, None)
 
 
