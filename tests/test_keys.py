@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import subprocess
@@ -323,3 +324,20 @@ def test_writable_memory_map_is_named_by_its_bytes(tmp_path):
         tokens.add(tokenize(reader))
     assert len(tokens) == 5
     assert tokenize(writable) == tokenize(reader)
+
+
+def test_library_values_are_encoded_by_what_pickle_stores():
+    import collections
+    import datetime
+    import decimal
+    import re
+
+    pairs = [
+        (datetime.datetime(2020, 1, 1), datetime.datetime(2020, 1, 2)),
+        (decimal.Decimal("1.1"), decimal.Decimal("1.10")),
+        (re.compile("a+"), re.compile("a*")),  # reduced through copyreg's table
+        (collections.defaultdict(list, a=[1]), collections.defaultdict(set, a=[1])),
+        (collections.OrderedDict(a=1), {"a": 1}),
+    ]
+    for value, other in pairs:
+        assert tokenize(value) == tokenize(copy.deepcopy(value)) != tokenize(other), value

@@ -30,6 +30,7 @@ Rules, and why:
 
 from __future__ import annotations
 
+import copyreg
 import enum
 import functools
 import hashlib
@@ -242,7 +243,9 @@ class _Walker:
             self.unique(obj)
             return
         try:
-            reduced = obj.__reduce_ex__(4)
+            # As pickle: a reducer registered with copyreg (re.Pattern's) before the method
+            reducer = copyreg.dispatch_table.get(type(obj))
+            reduced = reducer(obj) if reducer is not None else obj.__reduce_ex__(4)
         except Exception:  # noqa: BLE001 - whatever makes reducing fail, the value is unique
             self.unique(obj)
             return
