@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, overload
 
-from .tokenize import tokenize
+from .tokenize import FunctionToken, tokenize
 
 __all__ = ["Delayed", "Graph", "Ref", "TaskFunction", "TaskNode", "build_graph", "task"]
 
@@ -143,13 +143,13 @@ class TaskFunction:
         self.nout = nout
         self.name = name or _function_name(func)
         self.pure = pure
-        # The function is hashed once, not per call: its code rarely changes during a run.
-        self._func_token = tokenize(func) if pure else ""
+        # The function is hashed once, and again only when it has been rebound (see FunctionToken).
+        self._func_token = FunctionToken(func)
         functools.update_wrapper(self, func)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # An impure task gets a fresh token per call, so two calls are never merged into one node.
-        token = tokenize(self._func_token, args, kwargs) if self.pure else uuid.uuid4().hex
+        token = tokenize(self._func_token(), args, kwargs) if self.pure else uuid.uuid4().hex
         node = TaskNode(self.func, self.name, args, kwargs, self.nout, token)
         if self.nout == 1:
             return Delayed(node)
@@ -157,6 +157,10 @@ class TaskFunction:
 
     def __repr__(self) -> str:
         return f"<orchestrix task {self.name} nout={self.nout}>"
+
+    def __orchestrix_token__(self) -> tuple[Any, ...]:
+        # A task passed as an argument: what it would do, not its cached state
+        return (self.func, self.nout, self.name, self.pure)
 
 
 @overload
@@ -234,18 +238,20 @@ def find_delayed(obj: Any) -> list[Delayed]:
 
 def contains_delayed(obj: Any) -> bool:
     """Whether ``obj`` is, or holds in lists, tuples and dicts, a Delayed (a fast check)."""
-    kind = type(obj)
-    if kind is Delayed:
-        return True
-    if kind is tuple or kind is list:
-        for item in obj:
-            if contains_delayed(item):
-                return True
-    elif kind is dict:
-        for item in obj.values():
-            if contains_delayed(item):
-                return True
+    stack = [obj]
+    seen: set[int] = set()  # containers looked into: a container that holds itself ends
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is Delayed:
+            return True
+        if (kind is tuple or kind is list or kind is dict) and id(item) not in seen:
+            seen.add(id(item))
+            stack.extend(item.values() if kind is dict else item)
     return False
+
+
+_CONTAINERS = (list, tuple, dict)
 
 
 def map_nested(obj: Any, leaf_type: type, replace: Callable[[Any], Any]) -> Any:
@@ -253,22 +259,63 @@ def map_nested(obj: Any, leaf_type: type, replace: Callable[[Any], Any]) -> Any:
 
     Only exact lists, tuples and dicts are searched (as dask does); other containers are opaque.
     Leaves are visited depth first, left to right. A container with nothing replaced is returned
-    as it is, not copied.
+    as it is, not copied. The walk uses an explicit stack: no depth of nesting is too deep. A
+    container that holds itself is kept as it is, unless a leaf inside its cycle needs replacing
+    (a copy could not keep the cycle): then ValueError.
     """
     if isinstance(obj, leaf_type):
         return replace(obj)
-    kind = type(obj)
-    if kind is list or kind is tuple:
-        items = [map_nested(item, leaf_type, replace) for item in obj]
-        if all(new is old for new, old in zip(items, obj, strict=True)):
-            return obj
-        return items if kind is list else tuple(items)
+    if type(obj) not in _CONTAINERS:
+        return obj
+    for item in obj.values() if type(obj) is dict else obj:
+        if type(item) in _CONTAINERS or isinstance(item, leaf_type):
+            break
+    else:
+        return obj  # the common case, a few plain arguments: nothing to walk
+    on_path = {id(obj)}
+    cyclic: set[int] = set()  # containers met again below themselves
+    frames: list[tuple[Any, list[Any], list[Any]]] = [(obj, _items_of(obj), [])]
+    while True:
+        container, items, done = frames[-1]
+        if len(done) < len(items):
+            item = items[len(done)]
+            if isinstance(item, leaf_type):
+                done.append(replace(item))
+            elif type(item) not in _CONTAINERS:
+                done.append(item)
+            elif id(item) in on_path:
+                cyclic.add(id(item))
+                done.append(item)
+            else:
+                on_path.add(id(item))
+                frames.append((item, _items_of(item), []))
+            continue
+        frames.pop()
+        on_path.discard(id(container))
+        new = _rebuilt(container, items, done)
+        if new is not container and id(container) in cyclic:
+            raise ValueError(
+                f"a {type(container).__name__} that contains itself holds a "
+                f"{leaf_type.__name__} to replace: the copy could not keep the cycle; break the "
+                f"cycle, or pass the {leaf_type.__name__} as a separate argument"
+            )
+        if not frames:
+            return new
+        frames[-1][2].append(new)
+
+
+def _items_of(container: Any) -> list[Any]:
+    return list(container.values()) if type(container) is dict else list(container)
+
+
+def _rebuilt(container: Any, items: list[Any], done: list[Any]) -> Any:
+    """``container`` itself if no item changed, else a copy holding the new items."""
+    if all(new is old for new, old in zip(done, items, strict=True)):
+        return container
+    kind = type(container)
     if kind is dict:
-        values = {k: map_nested(v, leaf_type, replace) for k, v in obj.items()}
-        if all(values[k] is v for k, v in obj.items()):
-            return obj
-        return values
-    return obj
+        return dict(zip(container, done, strict=True))
+    return done if kind is list else tuple(done)
 
 
 def _replace_delayed(obj: Any, deps: dict[str, TaskNode]) -> Any:

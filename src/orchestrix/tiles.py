@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .mapped import mapped_file
+
 __all__ = ["ArraySink", "Tile", "tiles"]
 
 
@@ -139,14 +141,16 @@ def source_of(source: Any) -> tuple[Any, tuple[int, ...]]:
         path = os.path.abspath(os.fspath(source))
         header = numpy.load(path, mmap_mode="r")  # reads the header only
         return Source(path, _stamp(path)), tuple(header.shape)
-    if isinstance(source, numpy.memmap) and isinstance(source.base, mmap.mmap):
-        # A whole memory map (not a view of one): tasks map the file themselves.
-        assert source.filename is not None
+    mapped = mapped_file(source) if isinstance(source, numpy.memmap) else None
+    if mapped is not None and isinstance(source.base, mmap.mmap):
+        # A whole read-only memory map (not a view of one) of a file still there: tasks map the
+        # file themselves. A map whose file is gone (a result of compute, once its dump file is
+        # removed) or that may differ from it (writable) is handed out by windows, like an array.
         order = "F" if source.flags.f_contiguous and not source.flags.c_contiguous else "C"
         raw = Source(
-            source.filename,
-            _stamp(source.filename),
-            source.offset,
+            mapped.path,
+            _stamp(mapped.path),
+            mapped.offset,
             source.dtype.str,
             tuple(source.shape),
             order,
