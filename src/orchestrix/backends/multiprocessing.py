@@ -38,8 +38,9 @@ from ..errors import (
 from ..execute import TaskFailure, UnitOutcome
 from ..factorize import WorkUnit
 from ..transfer import create_dump_dir, dumps_work, materialize
-from . import mp_pool
+from . import mp_policy, mp_pool
 from .base import Backend, Sink, worker_settings
+from .mp_policy import MAX_STARTUP_FAILURES, Cause, Verdict
 from .mp_pool import StopReason, Worker, crash_error
 from .mp_protocol import JobResult, JobStatus, ResultWindow, RunBatch, StartFailed
 
@@ -47,14 +48,7 @@ __all__ = ["MultiprocessingBackend"]
 
 logger = logging.getLogger("orchestrix")
 
-#: a batch of small jobs should keep a worker busy about this long
-BATCH_SECONDS = 0.02
-MAX_BATCH = 512
-#: below this mean job time a worker gets its next batch before it finishes the current one
-PREFETCH_BELOW_SECONDS = 0.005
 MEMORY_SAMPLE_SECONDS = 0.1
-#: workers that die before running anything, in a row, before the pool gives up
-MAX_STARTUP_FAILURES = 3
 #: how long ``close`` waits for the manager to stop the workers (it needs about 2 s at most)
 CLOSE_JOIN_SECONDS = 15.0
 
@@ -90,7 +84,7 @@ class MultiprocessingBackend(Backend):
         self._mean_seconds: float | None = None
         self._last_completion = time.monotonic()
         self._next_memory_sample = 0.0
-        self._startup_failures = 0
+        self._startup = mp_policy.StartupWatch(MAX_STARTUP_FAILURES)
         self._closed = False
         self._broken: str | None = None  # why the pool cannot run jobs any more
         self._wake_pending = False
@@ -291,18 +285,14 @@ class MultiprocessingBackend(Backend):
             self._retire_if_due(worker)
 
     def _has_room(self, worker: Worker, batch_size: int) -> bool:
-        if not worker.outstanding:
-            return True
-        small_jobs = self._mean_seconds is not None and self._mean_seconds < PREFETCH_BELOW_SECONDS
-        return small_jobs and len(worker.outstanding) <= batch_size
+        return mp_policy.may_prefetch(len(worker.outstanding), batch_size, self._mean_seconds)
 
     def _take_jobs(self, worker: Worker, batch_size: int) -> list[_Job]:
         limit = self.config.max_tasks_per_worker
         quota = math.inf if limit is None else limit - worker.done - len(worker.outstanding)
-        active = sum(1 for w in self._workers if not w.stopping) or 1
+        active = sum(1 for w in self._workers if not w.stopping)
         with self._lock:
-            share = math.ceil(len(self._pending) / active)
-            count = int(min(batch_size, share, quota))
+            count = mp_policy.jobs_to_take(batch_size, len(self._pending), active, quota)
             jobs: list[_Job] = []
             while self._pending and len(jobs) < count:
                 job = self._pending.popleft()
@@ -352,9 +342,7 @@ class MultiprocessingBackend(Backend):
             self._spawn_replacement()  # its replacement starts now
 
     def _batch_size(self) -> int:
-        if self._mean_seconds is None:
-            return 1
-        return max(1, min(MAX_BATCH, int(BATCH_SECONDS / max(self._mean_seconds, 1e-6))))
+        return mp_policy.batch_size(self._mean_seconds)
 
     # -- receiving results --------------------------------------------------------------------
 
@@ -371,11 +359,7 @@ class MultiprocessingBackend(Backend):
             worker.done += 1
             walls = result.walls
             seconds = walls[0] if len(walls) == 1 else sum(walls)
-            self._mean_seconds = (
-                seconds
-                if self._mean_seconds is None
-                else (0.8 * self._mean_seconds + 0.2 * seconds)
-            )
+            self._mean_seconds = mp_policy.running_mean(self._mean_seconds, seconds)
             if walls:
                 ok = result.status is JobStatus.OK
                 ran.append((job.unit, result.started, walls, ok, result.growth_mb))
@@ -426,65 +410,55 @@ class MultiprocessingBackend(Backend):
             self._handle_interrupted(worker, running)
         if reason is StopReason.RETIRE or self._closed:
             return
-        if reason is None and worker.started.value == 0:
-            self._startup_failures += 1
-            if self._startup_failures >= MAX_STARTUP_FAILURES:
-                error = crash_error(worker, None)
-                message = str(error)
-                self._break(
-                    message,
-                    lambda unit: type(error)(unit.key, unit.name, message, error.exitcode),
-                )
-                return
-        else:
-            self._startup_failures = 0
+        if self._startup.worker_ended(worker.started.value > 0, reason is not None):
+            error = crash_error(worker, None)
+            message = str(error)
+            self._break(
+                message, lambda unit: type(error)(unit.key, unit.name, message, error.exitcode)
+            )
+            return
         self._spawn_replacement()
 
     def _handle_interrupted(self, worker: Worker, job: _Job) -> None:
-        unit = job.unit
-        if worker.stopping is StopReason.TIMEOUT:
+        cause = Cause.CRASH if worker.stopping is None else Cause(worker.stopping.value)
+        if cause in (Cause.CRASH, Cause.TIMEOUT):
+            job.attempts += 1
+        retries = self.config.retries
+        decided = mp_policy.verdict(cause, job.attempts, retries, job.stalls)
+        if decided is Verdict.FAIL:
+            self._settle_error(job, self._interruption_error(worker, job.unit, cause))
+            return
+        if decided is Verdict.RETRY:
+            error = self._interruption_error(worker, job.unit, cause)
+            logger.warning("orchestrix: %s; retrying (%d/%d)", error, job.attempts, retries)
+        self.monitor.note_retry(job.unit)
+        with self._lock:
+            self._pending.appendleft(job)
+
+    def _interruption_error(self, worker: Worker, unit: WorkUnit, cause: Cause) -> TaskError:
+        if cause is Cause.TIMEOUT:
             limit = self.config.per_job_timeout
             message = (
                 f"task {unit.name!r} ran longer than per_job_timeout={limit} s; its worker was "
                 f"killed (key {unit.key})"
             )
-            self._retry_or_fail(job, TaskTimeoutError(unit.key, unit.name, message, limit))
-        elif worker.stopping is StopReason.MEMORY:
+            return TaskTimeoutError(unit.key, unit.name, message, limit)
+        if cause is Cause.MEMORY:
             limit = self.config.max_ram_per_worker
             message = (
                 f"task {unit.name!r} made its worker use {worker.peak_rss_mb:,.0f} MB, over "
                 f"max_ram_per_worker={limit:,} MB; the worker was killed (key {unit.key})"
             )
-            error = WorkerMemoryError(unit.key, unit.name, message, worker.peak_rss_mb, limit)
-            self._settle_error(job, error)
-        elif worker.stopping is StopReason.STALL:
-            if job.stalls >= 2:
-                timeout = self.config.task_timeout
-                message = (
-                    f"no task finished for task_timeout={timeout} s, twice, while task "
-                    f"{unit.name!r} was running (key {unit.key})"
-                )
-                self._settle_error(job, StallError(unit.key, unit.name, message))
-            else:
-                self.monitor.note_retry(job.unit)
-                with self._lock:
-                    self._pending.appendleft(job)
-        elif worker.stopping is StopReason.CLOSE:
-            self._settle_error(job, _closed_error(unit))
-        else:
-            self._retry_or_fail(job, crash_error(worker, job.unit))
-
-    def _retry_or_fail(self, job: _Job, error: TaskError) -> None:
-        job.attempts += 1
-        if job.attempts <= self.config.retries:
-            self.monitor.note_retry(job.unit)
-            logger.warning(
-                "orchestrix: %s; retrying (%d/%d)", error, job.attempts, self.config.retries
+            return WorkerMemoryError(unit.key, unit.name, message, worker.peak_rss_mb, limit)
+        if cause is Cause.STALL:
+            message = (
+                f"no task finished for task_timeout={self.config.task_timeout} s, twice, while "
+                f"task {unit.name!r} was running (key {unit.key})"
             )
-            with self._lock:
-                self._pending.appendleft(job)
-        else:
-            self._settle_error(job, error)
+            return StallError(unit.key, unit.name, message)
+        if cause is Cause.CLOSE:
+            return _closed_error(unit)
+        return crash_error(worker, unit)
 
     # -- deadlines ----------------------------------------------------------------------------
 
