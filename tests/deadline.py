@@ -73,10 +73,10 @@ def kill_new(before: set[int]) -> None:
 
 
 @contextlib.contextmanager
-def guarded(**options: Any) -> Iterator[ox.Orchestrator]:
-    """An orchestrator started and closed under the deadline. When the test fails, the processes
-    it started are killed after the close (when it passes, the leak check of conftest sees any
-    that remain, so that a leak is not hidden)."""
+def guarded(close_within: float = DEADLINE, **options: Any) -> Iterator[ox.Orchestrator]:
+    """An orchestrator started under the deadline and closed within ``close_within`` seconds.
+    When the test fails, the processes it started are killed after the close (when it passes,
+    the leak check of conftest sees any that remain, so that a leak is not hidden)."""
     before = descendants()
     orch = within(DEADLINE, ox.Orchestrator, **options)
     failed = True
@@ -85,7 +85,7 @@ def guarded(**options: Any) -> Iterator[ox.Orchestrator]:
         failed = False
     finally:
         try:
-            within(DEADLINE, orch.close)
+            within(close_within, orch.close)
         except BaseException:
             failed = True
             raise

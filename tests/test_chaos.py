@@ -24,7 +24,10 @@ from tasks import add, checksum, make_array, scale, sleep_for, total
 
 KILLS = 6
 RETRIES = 10  # more than KILLS: a task survives even if every kill hits it
-MEAN_DELAY = 0.4  # seconds between kills, on average
+MEAN_DELAY = 0.25  # seconds between kills, on average
+#: each chain naps this long in the chaos run: 40 naps on 2 workers keep the run going for 2 s at
+#: least, far longer than the first delay drawn from any of the seeds
+PAUSE = 0.1
 
 METHODS = [
     m for m in ("fork", "forkserver", "spawn") if m in multiprocessing.get_all_start_methods()
@@ -37,14 +40,14 @@ if "local_dask" in ox.backends.AVAILABLE:
 SEEDS = {name: 1000 + index for index, name in enumerate(BACKENDS)}
 
 
-def chaos_graph(chains: int = 40, group: int = 8) -> dict:
-    """40 chains of 6 tasks (make, sleep, scale, scale, add of two of them, checksum; the first
-    steps fuse), fanned in by groups of 8, then into one total: 246 tasks. One array in four is
-    large enough to travel through a dump file."""
+def chaos_graph(pause: float, chains: int = 40, group: int = 8) -> dict:
+    """40 chains of 6 tasks (make, nap ``pause`` s, scale, scale, add of two of them, checksum;
+    the first steps fuse), fanned in by groups of 8, then into one total: 246 tasks. One array
+    in four is large enough to travel through a dump file."""
     sums, arrays = [], []
     for i in range(chains):
         n_bytes = 8 * (20_000 if i % 4 == 0 else 500)
-        head = scale(sleep_for(0.01, make_array(n_bytes, float(i))), 1.5)
+        head = scale(sleep_for(pause, make_array(n_bytes, float(i))), 1.5)
         both = add(head, scale(head, 0.25 * (i % 3)))  # `head` has two readers: a fan-in
         arrays.append(both)
         sums.append(checksum(both))
@@ -106,16 +109,17 @@ def assert_same(got, want, seed: int) -> None:
 def test_random_worker_kills_do_not_change_the_results(backend, oracle):
     seed = int(os.environ.get("ORCHESTRIX_CHAOS_SEED", SEEDS[backend]))
     print(f"chaos seed {seed} (set ORCHESTRIX_CHAOS_SEED={seed} to replay it)")
-    want = oracle.compute(chaos_graph())
+    want = oracle.compute(chaos_graph(0.0))  # the naps change no value
     options = {**BACKENDS[backend], "nb_workers": 2, "retries": RETRIES}
     with guarded(**options) as orch:
         killer = Killer(random.Random(seed), KILLS, MEAN_DELAY)
         killer.start()
         try:
-            got = within(2 * DEADLINE, orch.compute, chaos_graph())
+            got = within(2 * DEADLINE, orch.compute, chaos_graph(PAUSE))
         finally:
             killer.stopped.set()
             killer.join()
         print(f"seed {seed}: killed {len(killer.killed)} workers: {killer.killed}")
+        assert killer.killed, f"seed {seed}: the run ended before the first kill"
         assert_same(got, want, seed)
         assert within(DEADLINE, orch.compute, total(1, 2)) == 3  # still whole after the chaos

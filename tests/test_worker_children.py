@@ -50,11 +50,13 @@ def test_a_task_may_run_an_orchestrator(method):
 def test_a_task_that_forks_then_dies_is_seen_dead_at_once(method, tmp_path):
     pid_file = str(tmp_path / "grandchildren")
     # Far under the child's sleep: a hang guard, not a benchmark. Only a crash seen when the
-    # worker itself dies ends the call in time; its child holds the pipes for 30 s.
+    # worker itself dies ends the call in time; its child holds the pipes for 30 s. The close
+    # must not wait for the child either (nor may the forkserver).
     deadline = min(DEADLINE, CHILD_SECONDS * 2 / 3)
     started = time.time()
+    patient = {"retries": 0, "per_job_timeout": 3600, "task_timeout": 3600}
     try:
-        with pool(method, retries=0, per_job_timeout=3600, task_timeout=3600) as orch:
+        with pool(method, close_within=deadline, **patient) as orch:
             with pytest.raises(ox.WorkerCrashedError) as info:
                 within(deadline, orch.compute, fork_then_die(pid_file, CHILD_SECONDS))
             assert info.value.name == fork_then_die.name and info.value.exitcode == 1
