@@ -8,9 +8,9 @@ waits end early only for the deadlines it enforces: ``per_job_timeout`` (the wor
 too long is killed), ``task_timeout`` (the stall watchdog) and the sampling of the workers' memory
 against ``max_ram_per_worker``. The caller's threads only queue jobs and receive outcomes.
 
-Every job not yet reported is in one ledger (``_jobs``); each way a job can end (a result, a
-failure, a cancel, a broken pool, a close) takes it out of the ledger under the lock and reports
-it, so a job is reported exactly once and none is forgotten on a failure path.
+Every job not yet reported is in one ledger (:mod:`.mp_ledger`), which reports each exactly once
+whichever way it ends; the rules that get tuned (batch sizes, retry or fail per cause, when to
+give up on workers that cannot start) are pure functions in :mod:`.mp_policy`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import select
 import shutil
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -40,6 +39,7 @@ from ..factorize import WorkUnit
 from ..transfer import create_dump_dir, dumps_work, materialize
 from . import mp_policy, mp_pool
 from .base import Backend, Sink, worker_settings
+from .mp_ledger import Job, Ledger
 from .mp_policy import MAX_STARTUP_FAILURES, Cause, Verdict
 from .mp_pool import StopReason, Worker, crash_error
 from .mp_protocol import JobResult, JobStatus, ResultWindow, RunBatch, StartFailed
@@ -56,27 +56,13 @@ _IN, _OUT = select.POLLIN, select.POLLOUT
 _CHANNEL, _EXIT, _WAKE = "channel", "exit", "wake"
 
 
-class _Job:
-    __slots__ = ("attempts", "id", "inputs", "sink", "stalls", "unit")
-
-    def __init__(self, job_id: int, unit: WorkUnit, inputs: Mapping[str, Any], sink: Sink) -> None:
-        self.id = job_id
-        self.unit = unit
-        self.inputs = inputs  # kept until the job ends: it holds the dump files it reads
-        self.sink = sink
-        self.attempts = 0
-        self.stalls = 0
-
-
 class MultiprocessingBackend(Backend):
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         if not isinstance(config.nb_workers, int):
             raise OrchestrixError("nb_workers must be resolved to an int before the pool starts")
         self.nb_workers: int = config.nb_workers
-        self._lock = threading.Lock()
-        self._pending: deque[_Job] = deque()
-        self._jobs: dict[int, _Job] = {}  # the ledger: every job not yet reported
+        self._ledger = Ledger()
         self._ids = itertools.count()
         self._workers: list[Worker] = []
         self._poll = select.poll()
@@ -85,9 +71,6 @@ class MultiprocessingBackend(Backend):
         self._last_completion = time.monotonic()
         self._next_memory_sample = 0.0
         self._startup = mp_policy.StartupWatch(MAX_STARTUP_FAILURES)
-        self._closed = False
-        self._broken: str | None = None  # why the pool cannot run jobs any more
-        self._wake_pending = False
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
         self._thread: threading.Thread | None = None
@@ -117,24 +100,13 @@ class MultiprocessingBackend(Backend):
         return self.nb_workers * (2 * self._batch_size() + 1)
 
     def submit(self, unit: WorkUnit, inputs: Mapping[str, Any], sink: Sink) -> int:
-        job = _Job(next(self._ids), unit, inputs, sink)
-        with self._lock:
-            if self._broken is not None:
-                raise OrchestrixError(f"the worker pool cannot run tasks: {self._broken}")
-            if self._closed:
-                raise RuntimeError("cannot schedule new work after the orchestrator was closed")
-            self._pending.append(job)
-            self._jobs[job.id] = job
-            wake = not self._wake_pending
-            self._wake_pending = True
-        if wake:
+        job = Job(next(self._ids), unit, inputs, sink)
+        if self._ledger.add(job):
             os.write(self._wake_write, b"!")
         return job.id
 
     def cancel(self, job_ids: Iterable[int]) -> None:
-        with self._lock:
-            for job_id in job_ids:
-                self._jobs.pop(job_id, None)  # a job no longer in _jobs is skipped or ignored
+        self._ledger.cancel(job_ids)
 
     def materialize(self, value: Any) -> Any:
         return materialize(value)
@@ -143,10 +115,8 @@ class MultiprocessingBackend(Backend):
         return sum(len(worker.outstanding) for worker in list(self._workers))
 
     def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
+        if not self._ledger.close():
+            return
         os.write(self._wake_write, b"!")
         thread = self._thread
         manager_ended = thread is None or thread is threading.current_thread()
@@ -158,7 +128,7 @@ class MultiprocessingBackend(Backend):
             logger.error("orchestrix: the worker pool's manager did not stop; killing its workers")
             for worker in list(self._workers):
                 worker.kill(StopReason.CLOSE)
-        self._settle_all(lambda unit: _closed_error(unit))
+        self._ledger.settle_all(_closed_error)
         if manager_ended and thread is not threading.current_thread():
             self._release()
 
@@ -180,8 +150,9 @@ class MultiprocessingBackend(Backend):
         except BaseException as exc:  # noqa: BLE001 - start() raises it in the caller
             self._start_error = exc
         self._started.set()
+        ledger = self._ledger
         try:
-            while self._start_error is None and not self._closed and self._broken is None:
+            while self._start_error is None and not ledger.closed and ledger.broken is None:
                 self._dispatch()
                 self._wait_for_events(self._seconds_to_next_deadline())
                 self._enforce_deadlines()
@@ -242,8 +213,7 @@ class MultiprocessingBackend(Backend):
             pass
         # Only now: a submit after this line writes a new byte; one before it queued its job,
         # which the dispatch that follows sees. Clearing first could swallow the last wake-up.
-        with self._lock:
-            self._wake_pending = False
+        self._ledger.woken()
 
     def _on_channel(self, worker: Worker, events: int) -> None:
         channel = worker.channel
@@ -275,7 +245,7 @@ class MultiprocessingBackend(Backend):
     def _dispatch(self) -> None:
         batch_size = self._batch_size()
         for worker in list(self._workers):
-            if not self._pending:
+            if not self._ledger.pending:
                 return
             if worker.stopping or not self._has_room(worker, batch_size):
                 continue
@@ -287,20 +257,14 @@ class MultiprocessingBackend(Backend):
     def _has_room(self, worker: Worker, batch_size: int) -> bool:
         return mp_policy.may_prefetch(len(worker.outstanding), batch_size, self._mean_seconds)
 
-    def _take_jobs(self, worker: Worker, batch_size: int) -> list[_Job]:
+    def _take_jobs(self, worker: Worker, batch_size: int) -> list[Job]:
         limit = self.config.max_tasks_per_worker
         quota = math.inf if limit is None else limit - worker.done - len(worker.outstanding)
         active = sum(1 for w in self._workers if not w.stopping)
-        with self._lock:
-            count = mp_policy.jobs_to_take(batch_size, len(self._pending), active, quota)
-            jobs: list[_Job] = []
-            while self._pending and len(jobs) < count:
-                job = self._pending.popleft()
-                if job.id in self._jobs:  # else it was cancelled
-                    jobs.append(job)
-        return jobs
+        count = mp_policy.jobs_to_take(batch_size, len(self._ledger.pending), active, quota)
+        return self._ledger.take(count)
 
-    def _send(self, worker: Worker, jobs: list[_Job]) -> None:
+    def _send(self, worker: Worker, jobs: list[Job]) -> None:
         payload, jobs = self._pickle_batch(jobs)
         if not jobs:
             return
@@ -315,7 +279,7 @@ class MultiprocessingBackend(Backend):
         worker.channel.send(RunBatch([job.id for job in jobs], payload))
         self._watch_output(worker)
 
-    def _pickle_batch(self, jobs: list[_Job]) -> tuple[bytes, list[_Job]]:
+    def _pickle_batch(self, jobs: list[Job]) -> tuple[bytes, list[Job]]:
         """Pickle the jobs together (a function shared by many jobs is pickled once); if that
         fails, find and fail the jobs that cannot be pickled, and send the others."""
         try:
@@ -370,7 +334,7 @@ class MultiprocessingBackend(Backend):
             worker.send_stop()
             self._watch_output(worker)
 
-    def _deliver(self, job: _Job, result: JobResult, worker: str) -> None:
+    def _deliver(self, job: Job, result: JobResult, worker: str) -> None:
         unit = job.unit
         try:
             if result.status is JobStatus.OK:
@@ -404,11 +368,10 @@ class MultiprocessingBackend(Backend):
         lost, running, waiting = worker.split_outstanding()
         worker.outstanding.clear()
         reason = worker.stopping
-        with self._lock:  # jobs not at fault go back first in line, using no attempt
-            self._pending.extendleft(reversed(lost + waiting))
+        self._ledger.requeue(lost + waiting)  # not at fault: first in line, using no attempt
         if running is not None:
             self._handle_interrupted(worker, running)
-        if reason is StopReason.RETIRE or self._closed:
+        if reason is StopReason.RETIRE or self._ledger.closed:
             return
         if self._startup.worker_ended(worker.started.value > 0, reason is not None):
             error = crash_error(worker, None)
@@ -419,7 +382,7 @@ class MultiprocessingBackend(Backend):
             return
         self._spawn_replacement()
 
-    def _handle_interrupted(self, worker: Worker, job: _Job) -> None:
+    def _handle_interrupted(self, worker: Worker, job: Job) -> None:
         cause = Cause.CRASH if worker.stopping is None else Cause(worker.stopping.value)
         if cause in (Cause.CRASH, Cause.TIMEOUT):
             job.attempts += 1
@@ -432,8 +395,7 @@ class MultiprocessingBackend(Backend):
             error = self._interruption_error(worker, job.unit, cause)
             logger.warning("orchestrix: %s; retrying (%d/%d)", error, job.attempts, retries)
         self.monitor.note_retry(job.unit)
-        with self._lock:
-            self._pending.appendleft(job)
+        self._ledger.requeue([job])
 
     def _interruption_error(self, worker: Worker, unit: WorkUnit, cause: Cause) -> TaskError:
         if cause is Cause.TIMEOUT:
@@ -468,7 +430,7 @@ class MultiprocessingBackend(Backend):
         timeout = self.config.per_job_timeout
         if timeout is not None:
             deadlines += [w.last_progress + timeout for w in busy]
-        if self.config.task_timeout is not None and (busy or self._pending):
+        if self.config.task_timeout is not None and (busy or self._ledger.pending):
             deadlines.append(self._last_completion + self.config.task_timeout)
         if busy:
             deadlines.append(self._next_memory_sample)
@@ -491,7 +453,7 @@ class MultiprocessingBackend(Backend):
                     worker.kill(StopReason.MEMORY)
         stall_limit = self.config.task_timeout
         stalled = stall_limit is not None and now - self._last_completion > stall_limit
-        if stalled and (busy or self._pending):
+        if stalled and (busy or self._ledger.pending):
             self._restart_stalled_pool(busy, now)
 
     def _restart_stalled_pool(self, busy: list[Worker], now: float) -> None:
@@ -507,7 +469,7 @@ class MultiprocessingBackend(Backend):
 
     # -- reporting: every job leaves the ledger through _settle ----------------------------------
 
-    def _fail_unpicklable(self, job: _Job, exc: BaseException) -> None:
+    def _fail_unpicklable(self, job: Job, exc: BaseException) -> None:
         unit = job.unit
         error = pickle.PicklingError(
             f"task {unit.name!r} could not be sent to a worker: its function or an argument "
@@ -517,35 +479,16 @@ class MultiprocessingBackend(Backend):
         self._settle_failure(job, TaskFailure(unit.key, unit.name, error, None))
 
     def _break(self, message: str, error_for: Callable[[WorkUnit], TaskError]) -> None:
-        """The pool cannot go on: every job in the ledger fails, and so does every later submit."""
-        with self._lock:
-            self._broken = message
-            self._pending.clear()
-        self._settle_all(error_for)
+        self._ledger.break_down(message, error_for)
 
-    def _settle_all(self, error_for: Callable[[WorkUnit], TaskError]) -> None:
-        with self._lock:
-            jobs = list(self._jobs.values())
-        for job in jobs:
-            self._settle_error(job, error_for(job.unit))
-
-    def _settle_failure(self, job: _Job, failure: TaskFailure) -> None:
+    def _settle_failure(self, job: Job, failure: TaskFailure) -> None:
         self._settle(job, UnitOutcome(job.unit, failure=failure))
 
-    def _settle_error(self, job: _Job, error: TaskError) -> None:
-        failure = TaskFailure(error.key, error.name, error, None, error=error)
-        self._settle(job, UnitOutcome(job.unit, failure=failure))
+    def _settle_error(self, job: Job, error: TaskError) -> None:
+        self._ledger.settle_error(job, error)
 
-    def _settle(self, job: _Job, outcome: UnitOutcome) -> None:
-        """Report the job's outcome, unless it was reported or cancelled already."""
-        with self._lock:
-            live = self._jobs.pop(job.id, None) is not None
-        if not live:
-            return  # cancelled, or ended another way first: nobody waits for this outcome
-        try:
-            job.sink(outcome)
-        except BaseException:
-            logger.exception("orchestrix: delivering the outcome of %r failed", job.unit.name)
+    def _settle(self, job: Job, outcome: UnitOutcome) -> None:
+        self._ledger.settle(job, outcome)
 
 
 def _about(unit: WorkUnit, message: str) -> str:

@@ -1,0 +1,123 @@
+"""The one place where the ``multiprocessing`` pool accounts for every job it was given.
+
+A job is in the ledger from ``submit`` until it is reported; it leaves only through
+:meth:`Ledger.settle` (or a cancel), under the lock, so each job is reported exactly once,
+whichever way it ends: a result, a failure, a retry given up, a broken pool, a close. Jobs waiting
+for a worker are queued here too; jobs sent to a worker are also on that worker's list, which is
+the manager's alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from ..errors import OrchestrixError, TaskError
+from ..execute import TaskFailure, UnitOutcome
+from ..factorize import WorkUnit
+from .base import Sink
+
+__all__ = ["Job", "Ledger"]
+
+logger = logging.getLogger("orchestrix")
+
+
+class Job:
+    __slots__ = ("attempts", "id", "inputs", "sink", "stalls", "unit")
+
+    def __init__(self, job_id: int, unit: WorkUnit, inputs: Mapping[str, Any], sink: Sink) -> None:
+        self.id = job_id
+        self.unit = unit
+        self.inputs = inputs  # kept until the job ends: it holds the dump files it reads
+        self.sink = sink
+        self.attempts = 0
+        self.stalls = 0
+
+
+class Ledger:
+    """Every job not yet reported, and the queue of those waiting for a worker."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pending: deque[Job] = deque()  # read without the lock only by the manager
+        self._live: dict[int, Job] = {}
+        self.closed = False
+        self.broken: str | None = None  # why the pool cannot run jobs any more
+        self._wake_sent = False  # a wake-up byte is on its way to the manager
+
+    def add(self, job: Job) -> bool:
+        """Queue a new job; True when the manager must be woken up for it."""
+        with self.lock:
+            if self.broken is not None:
+                raise OrchestrixError(f"the worker pool cannot run tasks: {self.broken}")
+            if self.closed:
+                raise RuntimeError("cannot schedule new work after the orchestrator was closed")
+            self.pending.append(job)
+            self._live[job.id] = job
+            wake = not self._wake_sent
+            self._wake_sent = True
+        return wake
+
+    def woken(self) -> None:
+        """The manager has read the wake-up bytes; a job added from now on sends a new one."""
+        with self.lock:
+            self._wake_sent = False
+
+    def close(self) -> bool:
+        """Refuse new jobs; False if closed already."""
+        with self.lock:
+            if self.closed:
+                return False
+            self.closed = True
+            return True
+
+    def cancel(self, job_ids: Iterable[int]) -> None:
+        with self.lock:
+            for job_id in job_ids:
+                self._live.pop(job_id, None)  # a queued job is skipped, a sent one ignored
+
+    def take(self, count: int) -> list[Job]:
+        """Up to ``count`` queued jobs, skipping those cancelled."""
+        jobs: list[Job] = []
+        with self.lock:
+            while self.pending and len(jobs) < count:
+                job = self.pending.popleft()
+                if job.id in self._live:
+                    jobs.append(job)
+        return jobs
+
+    def requeue(self, jobs: list[Job]) -> None:
+        """Put jobs back first in line, in their order."""
+        with self.lock:
+            self.pending.extendleft(reversed(jobs))
+
+    def settle(self, job: Job, outcome: UnitOutcome) -> None:
+        """Report the job's outcome, unless it was reported or cancelled already."""
+        with self.lock:
+            live = self._live.pop(job.id, None) is not None
+        if not live:
+            return  # cancelled, or ended another way first: nobody waits for this outcome
+        try:
+            job.sink(outcome)
+        except BaseException:
+            logger.exception("orchestrix: delivering the outcome of %r failed", job.unit.name)
+
+    def settle_error(self, job: Job, error: TaskError) -> None:
+        failure = TaskFailure(error.key, error.name, error, None, error=error)
+        self.settle(job, UnitOutcome(job.unit, failure=failure))
+
+    def settle_all(self, error_for: Callable[[WorkUnit], TaskError]) -> None:
+        with self.lock:
+            jobs = list(self._live.values())
+        for job in jobs:
+            self.settle_error(job, error_for(job.unit))
+
+    def break_down(self, message: str, error_for: Callable[[WorkUnit], TaskError]) -> None:
+        """The pool cannot go on: every job not reported fails, and so does every later one."""
+        with self.lock:
+            self.broken = message
+            self.pending.clear()
+        self.settle_all(error_for)
