@@ -286,3 +286,30 @@ def _cmdline(process: psutil.Process) -> list[str]:
         return process.cmdline()
     except psutil.Error:
         return []
+
+
+def test_close_from_another_thread_ends_a_sequential_compute():
+    orch = ox.Orchestrator(mode="sequential")
+    started = threading.Event()
+    errors: list[BaseException] = []
+
+    def compute():
+        try:
+            orch.compute([sleep_for(0.2, i) for i in range(100)])
+        except BaseException as exc:  # noqa: BLE001 - what the waiting call got
+            errors.append(exc)
+
+    def close_soon():
+        started.wait(30)
+        orch.close()
+
+    closer = threading.Thread(target=close_soon)
+    closer.start()
+    waiting = threading.Thread(target=compute)
+    waiting.start()
+    started.set()
+    waiting.join(60)
+    closer.join(60)
+    assert not waiting.is_alive(), "the compute went on after close"
+    assert len(errors) == 1 and isinstance(errors[0], ox.TaskError)
+    assert "closed" in str(errors[0])

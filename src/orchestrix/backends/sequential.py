@@ -14,6 +14,8 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ..errors import TaskError
+from ..execute import TaskFailure, UnitOutcome
 from ..factorize import WorkUnit
 from ..observe import ProcessObserver, UsageMeter, run_measured, worker_name
 from .base import Backend, Sink, worker_settings
@@ -32,12 +34,20 @@ class SequentialBackend(Backend):
         self._meter = UsageMeter(time.process_time)
         self._name = worker_name()
         self._ctrl_c = _CtrlC()
+        self._closed = False
 
     def start(self) -> None:
         self._observer.start()
         self._ctrl_c.install()
 
     def submit(self, unit: WorkUnit, inputs: Mapping[str, Any], sink: Sink) -> int:
+        if self._closed:  # closed from another thread while a compute runs here: it ends now
+            message = (
+                f"task {unit.name!r} did not run: the orchestrator was closed (key {unit.key})"
+            )
+            error = TaskError(unit.key, unit.name, message)
+            sink(UnitOutcome(unit, failure=TaskFailure(unit.key, unit.name, error, error=error)))
+            return next(self._job_ids)
         if self.monitor.trackers:
             self.monitor.note_started([unit], self._name)
         self._ctrl_c.seen = False
@@ -52,6 +62,7 @@ class SequentialBackend(Backend):
         pass  # a job is finished when submit returns
 
     def close(self) -> None:
+        self._closed = True
         self._ctrl_c.uninstall()
         self._observer.stop()
         self._meter.close()
