@@ -26,6 +26,7 @@ from typing import Any
 from ..errors import OrchestrixError, StallError, TaskError, TaskTimeoutError, WorkerMemoryError
 from ..execute import TaskFailure, UnitOutcome
 from ..factorize import WorkUnit
+from ..runcontext import in_this_run
 from ..transfer import create_dump_dir, dumps_work, materialize
 from . import mp_pool
 from .base import Backend, Sink, worker_settings
@@ -89,8 +90,11 @@ class MultiprocessingBackend(Backend):
             self.dump_dir = create_dump_dir(self.config.dump_dir, self.config.out_dir, needed)
         settings = worker_settings(self.config)
         self._launcher = mp_pool.Launcher(self.config.mp_mode, self.dump_dir, settings)
-        self._workers = [self._launcher.spawn() for _ in range(self.nb_workers)]
-        self._thread = threading.Thread(target=self._manage, name="orchestrix-pool", daemon=True)
+        for _ in range(self.nb_workers):  # one by one: if a start fails, close stops the others
+            self._workers.append(self._launcher.spawn())
+        self._thread = threading.Thread(
+            target=in_this_run(self._manage), name="orchestrix-pool", daemon=True
+        )
         self._thread.start()
 
     def capacity(self) -> int:
