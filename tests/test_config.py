@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import orchestrix as ox
 from orchestrix.config import CONFIG_CLASSES, MODES, parse_config
@@ -157,3 +160,118 @@ def test_from_file_invalid_json(tmp_path):
     (tmp_path / "bad.json").write_text("{mode: ")
     with pytest.raises(ox.ConfigError, match="not valid JSON"):
         ox.Orchestrator.from_file(tmp_path / "bad.json")
+
+
+# -- every wrong value is a ConfigError (issue 12) ------------------------------------------------
+
+_NAN, _INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        ({"mode": ["x"]}, "key 'mode' expects one of"),
+        ({"mode": {"a": 1}}, "key 'mode' expects one of"),
+        ({"mode": ("sequential",)}, "key 'mode' expects one of"),
+        ({"mode": "multiprocessing", "max_ram_per_worker": _INF}, "'max_ram_per_worker'"),
+        ({"mode": "multiprocessing", "max_ram_per_worker": -_INF}, "'max_ram_per_worker'"),
+        ({"mode": "multiprocessing", "max_ram_per_worker": _NAN}, "'max_ram_per_worker'"),
+        ({"mode": "multiprocessing", "max_ram_per_worker": 1e308}, "'max_ram_per_worker'"),
+        ({"mode": "local_dask", "max_ram_per_worker": True}, "got True (bool)"),
+        ({"mode": "multiprocessing", "task_timeout": _NAN}, "'task_timeout'"),
+        ({"mode": "multiprocessing", "task_timeout": _INF}, "'task_timeout'"),
+        ({"mode": "multiprocessing", "per_job_timeout": _INF}, "'per_job_timeout'"),
+        ({"mode": "local_dask", "per_job_timeout": 1e300}, "'per_job_timeout'"),
+        ({"mode": "multiprocessing", "per_job_timeout": -1}, "'per_job_timeout'"),
+        ({"mode": "multiprocessing", "retries": True}, "'retries'"),
+        ({"mode": "multiprocessing", "retries": 1.0}, "'retries'"),
+        ({"mode": "sequential", "canary": -1}, "'canary'"),
+        ({"mode": "sequential", "canary": False}, "'canary'"),
+        ({"mode": "multiprocessing", "max_tasks_per_worker": 0}, "'max_tasks_per_worker'"),
+        ({"mode": "multiprocessing", "nb_workers": 2.0}, "'nb_workers'"),
+        ({"mode": "multiprocessing", "nb_workers": ["auto"]}, "'nb_workers'"),
+        ({"mode": "multiprocessing", "mp_mode": ["fork"]}, "'mp_mode'"),
+        ({"mode": "multiprocessing", "mp_mode": {"fork": 1}}, "'mp_mode'"),
+        ({"mode": "sequential", "out_dir": "a\0b"}, "'out_dir'"),
+        ({"mode": "multiprocessing", "dump_dir": 3}, "'dump_dir'"),
+        ({"mode": "sequential", "profiling": {"mode": ["timing"]}}, "'profiling.mode'"),
+        ({"mode": "sequential", "profiling": {1: "timing"}}, "'profiling.1'"),
+        ({"mode": "pbs_dask", "job_extra": "--x"}, "'job_extra'"),
+        ({"mode": "pbs_dask", "cores": 0}, "'cores'"),
+    ],
+)
+def test_wrong_values_are_config_errors_naming_the_key(options, fragment):
+    with pytest.raises(ox.ConfigError) as info:
+        parse_config(options)
+    assert fragment in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("options", ["mode: sequential", 3, [("mode", "sequential")]])
+def test_a_configuration_that_is_not_a_mapping_is_a_config_error(options):
+    with pytest.raises(ox.ConfigError, match="expects a mapping"):
+        ox.Orchestrator(options)
+
+
+def test_an_array_value_is_a_config_error_on_one_line():
+    numpy = pytest.importorskip("numpy")
+    for key in ("nb_workers", "mp_mode", "max_ram_per_worker", "dump_dir"):
+        with pytest.raises(ox.ConfigError, match=f"'{key}'") as info:
+            parse_config(mode="multiprocessing", **{key: numpy.zeros((4, 4))})
+        assert "\n" not in str(info.value)
+
+
+def test_invalid_yaml_is_a_config_error_naming_the_file(tmp_path):
+    (tmp_path / "bad.yaml").write_text("mode: [sequential\n")
+    with pytest.raises(ox.ConfigError, match=r"bad\.yaml is not valid YAML"):
+        ox.Orchestrator.from_file(tmp_path / "bad.yaml")
+
+
+def test_paths_are_made_absolute_once(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = parse_config(mode="multiprocessing", out_dir="run", dump_dir=tmp_path / "dumps")
+    assert config.out_dir == str(tmp_path / "run")
+    assert config.dump_dir == str(tmp_path / "dumps")
+    monkeypatch.chdir("/")
+    assert parse_config(config) == config
+
+
+_ANY_VALUE = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats()
+    | st.text(max_size=12)
+    | st.binary(max_size=4)
+    | st.sampled_from(["auto", "fork", "timing", "00:10:00", "sequential", "", "\0"]),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.tuples(inner)
+        | st.dictionaries(st.text(max_size=8) | st.integers(), inner, max_size=3)
+        | st.frozensets(st.integers(), max_size=2)
+    ),
+    max_leaves=6,
+)
+_KEYS = sorted({(mode, key) for mode, cls in CONFIG_CLASSES.items() for key in cls.key_names()})
+
+
+@settings(max_examples=400, deadline=None)
+@given(where=st.sampled_from(_KEYS), value=_ANY_VALUE)
+def test_any_value_of_any_key_is_accepted_or_a_config_error(where, value):
+    """Every key of every mode, any value: accepted (and then valid), or a ConfigError in one
+    line that names the key; never a TypeError, KeyError or a crash."""
+    mode, key = where
+    options = {"mode": mode, "account": "proj"} if mode == "slurm_dask" else {"mode": mode}
+    options[key] = value
+    try:
+        config = parse_config(options)
+    except ox.ConfigError as error:
+        message = str(error)
+        assert "\n" not in message
+        assert f"'{key}" in message
+        return
+    accepted = getattr(config, key)
+    if isinstance(accepted, float):
+        assert math.isfinite(accepted)
+    json.dumps(config.to_dict())

@@ -21,6 +21,7 @@ from .config import (
 from .errors import (
     CanaryError,
     ConfigError,
+    DiskFullError,
     OrchestrixError,
     RemoteTraceback,
     StallError,
@@ -44,6 +45,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "Delayed",
+    "DiskFullError",
     "LocalDaskConfig",
     "MultiprocessingConfig",
     "Orchestrator",

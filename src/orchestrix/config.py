@@ -11,8 +11,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 import re
+import reprlib
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -39,13 +42,20 @@ MODES = ("sequential", "multiprocessing", "auto", "local_dask", "pbs_dask", "slu
 DEFAULT_MODE = "auto"
 PROFILING_MODES = ("timing", "cprofile", "memray")
 MP_MODES = ("forkserver", "fork", "spawn")
+#: the largest memory limit accepted (MB): 1 EiB, whose byte count still fits in 64 bits
+MAX_MB = 2**40
+#: the longest timeout accepted (s): longer ones overflow the waits of ``threading``
+MAX_SECONDS = threading.TIMEOUT_MAX
 
 
-def _key(default: Any, expected: str, check: Callable[[Any], bool], doc: str) -> Any:
+def _key(
+    default: Any, expected: str, check: Callable[[Any], bool], doc: str, path: bool = False
+) -> Any:
     """A config field: its default, a check of its value, and how to describe a valid value.
 
-    A callable default is a factory (each config gets its own value)."""
-    metadata = {"expected": expected, "check": check, "doc": doc}
+    A callable default is a factory (each config gets its own value). ``path``: a directory,
+    made absolute when the config is built (see :func:`_resolve_paths`)."""
+    metadata = {"expected": expected, "check": check, "doc": doc, "path": path}
     if callable(default):
         return field(default_factory=default, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -56,15 +66,18 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float (not a bool): NaN and infinity make no limit or count."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value)
 
 
 def _positive_int(value: Any) -> bool:
     return _is_int(value) and value > 0
 
 
-def _positive_number(value: Any) -> bool:
-    return _is_number(value) and value > 0
+def _positive_number_up_to(most: float) -> Callable[[Any], bool]:
+    return lambda value: _is_number(value) and 0 < value <= most
 
 
 def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
@@ -79,8 +92,39 @@ def _is_str(value: Any) -> bool:
     return isinstance(value, str) and bool(value)
 
 
+def _is_path(value: Any) -> bool:
+    return _is_str(value) and "\0" not in value  # the OS refuses a NUL byte in a path
+
+
 def _one_of(*choices: str) -> Callable[[Any], bool]:
-    return lambda value: value in choices
+    # The type first: ``in`` would hash an unhashable value or compare an array elementwise.
+    return lambda value: isinstance(value, str) and value in choices
+
+
+def _path_key(doc: str) -> Any:
+    return _key(None, "a directory path (str) or None", _optional(_is_path), doc, path=True)
+
+
+def _resolve_paths(config: Any) -> None:
+    """Make the path keys absolute, once: a task that changes the working directory (in the
+    caller's process in sequential mode) must not move where results and logs go."""
+    for spec in dataclasses.fields(config):
+        value = getattr(config, spec.name)
+        if not spec.metadata.get("path") or value is None:
+            continue
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        if _is_path(value):
+            object.__setattr__(config, spec.name, os.path.abspath(value))
+
+
+def _shown(value: Any) -> str:
+    """A value as an error shows it: short, on one line."""
+    return " ".join(_REPR.repr(value).split())
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
 
 
 def _check_fields(config: Any, prefix: str, mode: str | None = None) -> None:
@@ -91,17 +135,18 @@ def _check_fields(config: Any, prefix: str, mode: str | None = None) -> None:
         if check is not None and not check(value):
             raise ConfigError(
                 f"key '{prefix}{spec.name}'{where} expects {spec.metadata['expected']}, "
-                f"got {value!r} ({type(value).__name__})"
+                f"got {_shown(value)} ({type(value).__name__})"
             )
 
 
 def _nb_workers_key(default: int | str) -> Any:
-    check = lambda v: v == "auto" or _positive_int(v)  # noqa: E731
+    check = lambda v: _positive_int(v) or _one_of("auto")(v)  # noqa: E731
     return _key(default, "a positive int or 'auto'", check, "worker count")
 
 
 def _seconds_key(default: float | None, doc: str) -> Any:
-    return _key(default, "a positive number of seconds or None", _optional(_positive_number), doc)
+    check = _optional(_positive_number_up_to(MAX_SECONDS))
+    return _key(default, "a finite positive number of seconds or None", check, doc)
 
 
 _WALLTIME = re.compile(r"^\d+:[0-5]\d:[0-5]\d$")
@@ -134,9 +179,7 @@ class Config:
     """Keys common to every mode."""
 
     mode: str = DEFAULT_MODE
-    out_dir: str | None = _key(
-        None, "a directory path (str) or None", _optional(_is_str), "where logs and reports go"
-    )
+    out_dir: str | None = _path_key("where logs and reports go")
     factorize_tasks: bool = _key(
         True, "a bool", _is_bool, "fuse sequential chains of tasks into one unit of work"
     )
@@ -168,10 +211,11 @@ class Config:
     MODE: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
-        if self.mode != self.MODE:
-            raise ConfigError(f"{type(self).__name__} is for mode {self.MODE!r}, got {self.mode!r}")
-        if isinstance(self.out_dir, os.PathLike):
-            object.__setattr__(self, "out_dir", os.fspath(self.out_dir))
+        if not isinstance(self.mode, str) or self.mode != self.MODE:
+            raise ConfigError(
+                f"{type(self).__name__} is for mode {self.MODE!r}, got {_shown(self.mode)}"
+            )
+        _resolve_paths(self)
         if isinstance(self.profiling, Mapping):
             object.__setattr__(self, "profiling", _build_profiling(self.profiling))
         _check_fields(self, "", self.mode)
@@ -208,7 +252,10 @@ class _WorkerPoolConfig(Config):
 
     nb_workers: int | str = _nb_workers_key(2)
     max_ram_per_worker: int | float = _key(
-        2000, "a positive number of MB", _positive_number, "memory limit of a worker (MB)"
+        2000,
+        f"a finite positive number of MB (at most {MAX_MB})",
+        _positive_number_up_to(MAX_MB),
+        "memory limit of a worker (MB)",
     )
     task_timeout: int | float | None = _seconds_key(
         600, "stall watchdog: restart when no task finished for this long"
@@ -240,11 +287,8 @@ class MultiprocessingConfig(_WorkerPoolConfig):
         _optional(_positive_int),
         "a worker is replaced after this many tasks (None: never)",
     )
-    dump_dir: str | None = _key(
-        None,
-        "a directory path (str) or None",
-        _optional(_is_str),
-        "where result arrays are dumped (None: /dev/shm if it has room, else out_dir or tmp)",
+    dump_dir: str | None = _path_key(
+        "where result arrays are dumped (None: /dev/shm if it has room, else out_dir or tmp)"
     )
     MODE: ClassVar[str] = "multiprocessing"
 
@@ -361,14 +405,22 @@ def parse_config(options: Mapping[str, Any] | Config | None = None, **overrides:
     """Validate a CARS-style dict and/or keyword options into the frozen config of their mode."""
     if isinstance(options, Config):
         options = options.to_dict()
+    if options is not None and not isinstance(options, Mapping):
+        raise ConfigError(
+            "the configuration expects a mapping of keys (a dict) or a Config, "
+            f"got {_shown(options)} ({type(options).__name__})"
+        )
     merged = {**(options or {}), **overrides}
     for key in merged:
         if not isinstance(key, str):
-            raise ConfigError(f"config keys must be strings, got {key!r}")
+            raise ConfigError(f"config keys must be strings, got {_shown(key)}")
     mode = merged.setdefault("mode", DEFAULT_MODE)
-    if mode not in CONFIG_CLASSES:
-        hint = _did_you_mean(mode, MODES)
-        raise ConfigError(f"key 'mode' expects one of {', '.join(MODES)}, got {mode!r}{hint}")
+    if not isinstance(mode, str) or mode not in CONFIG_CLASSES:
+        hint = _did_you_mean(mode, MODES) if isinstance(mode, str) else ""
+        raise ConfigError(
+            f"key 'mode' expects one of {', '.join(MODES)}, "
+            f"got {_shown(mode)} ({type(mode).__name__}){hint}"
+        )
     config_class = CONFIG_CLASSES[mode]
     valid = config_class.key_names()
     for key in merged:
@@ -385,7 +437,10 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     if path.endswith((".yaml", ".yml")):
         import yaml  # only needed for YAML files
 
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {_shown(str(exc))}") from None
     else:
         try:
             data = json.loads(text)

@@ -17,6 +17,25 @@ class ConfigError(OrchestrixError, ValueError):
     """An invalid configuration: unknown key, wrong type or range, or an unavailable mode."""
 
 
+class DiskFullError(OrchestrixError):
+    """A file could not be written for want of space (or of quota) in ``directory``.
+
+    ``needed_bytes`` is the size of the whole file (None where it could not be measured),
+    ``free_bytes`` what the file system had left for this user. Nothing of the file is left."""
+
+    def __init__(
+        self, message: str, directory: str = "", needed_bytes: int | None = None,
+        free_bytes: int | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(message)
+        self.directory = directory
+        self.needed_bytes = needed_bytes
+        self.free_bytes = free_bytes
+
+    def __reduce__(self):  # a worker's error crosses to the caller whole
+        return (type(self), (str(self), self.directory, self.needed_bytes, self.free_bytes))
+
+
 class TaskError(OrchestrixError):
     """A task failed. ``key`` and ``name`` identify it; ``__cause__`` is what it raised."""
 

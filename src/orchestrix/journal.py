@@ -9,6 +9,10 @@ journal's writer process, which writes the rows that changed in one transaction,
 starts and ends within a batch costs one row write. WAL with ``synchronous=NORMAL`` keeps every
 commit atomic: killing the caller (even ``kill -9``) loses at most the last batch, never the file.
 
+Closing waits ``CLOSE_SECONDS`` at most for the writer: one that stopped reading (stopped,
+swapped out, on a hung file system) would otherwise hold the caller's ``close`` for ever. Then
+the journal says it lags, how many events it did not hand over, and kills the writer.
+
 A run holds a shared ``flock`` on ``journal.lock`` while it lives; the kernel drops it when the
 process dies, which is how ``python -m orchestrix status`` tells a live run from a dead one.
 """
@@ -27,9 +31,11 @@ import threading
 import time
 from typing import Any
 
+from .errors import OrchestrixError
 from .journal_codec import ENCODERS, decode
+from .runcontext import in_this_run
 
-__all__ = ["JOURNAL_FILE", "STATES", "Journal", "connect", "run_is_alive"]
+__all__ = ["JOURNAL_FILE", "STATES", "Journal", "connect", "run_is_alive", "unusable_journal"]
 
 JOURNAL_FILE = "journal.sqlite"
 LOCK_FILE = "journal.lock"
@@ -43,6 +49,8 @@ REGISTERED, TESTING, RUNNING, DONE, FAILED, KILLED = STATES = (
 )
 #: the longest a task state waits in memory before it is written
 BATCH_SECONDS = 0.25
+#: the longest ``close`` waits for the writer to take the last events and end
+CLOSE_SECONDS = 5.0
 logger = logging.getLogger("orchestrix")
 SCHEMA_VERSION = 1
 SCHEMA = """
@@ -62,12 +70,25 @@ def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
         return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
     connection = sqlite3.connect(path, timeout=30, isolation_level=None)  # explicit transactions
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=NORMAL")  # commits stay atomic; no fsync per commit
-    # Keys are hashes, so rows land at random places in the table: a cache that holds the table
-    # (64 MB at most, taken only as it grows) halves the cost of a write.
-    connection.execute("PRAGMA cache_size=-65536")
+    try:
+        connection.execute("PRAGMA journal_mode=WAL")  # the first read: a damaged file fails here
+        connection.execute("PRAGMA synchronous=NORMAL")  # commits stay atomic; no fsync per commit
+        # Keys are hashes, so rows land at random places in the table: a cache that holds the
+        # table (64 MB at most, taken only as it grows) halves the cost of a write.
+        connection.execute("PRAGMA cache_size=-65536")
+    except BaseException:
+        connection.close()  # its file descriptor too
+        raise
     return connection
+
+
+def unusable_journal(path: str, exc: sqlite3.Error) -> OrchestrixError:
+    """The error for a journal file that SQLite cannot use (damaged, or not a journal)."""
+    return OrchestrixError(
+        f"cannot use the run journal {path}: {type(exc).__name__}: {exc}. If it is damaged or "
+        "not a journal, move it away (or delete it) and a new one is started; results kept for "
+        "resume=True are in out_dir/results, apart from it, and are not lost"
+    )
 
 
 def run_is_alive(out_dir: str) -> bool:
@@ -100,16 +121,25 @@ class Journal:
         try:
             self.run_id = self._open_run(resume)
             self._process, self._local = self._start_writer()
+        except sqlite3.Error as exc:
+            os.close(self._lock_fd)
+            raise unusable_journal(self.path, exc) from exc
         except BaseException:
             os.close(self._lock_fd)
             raise
         self._buffer: list[Any] = []
+        # Events posted, taken into a batch and handed to the writer: a lagging journal says
+        # how many it did not hand over.
+        self._posted = self._taken = self._sent = 0
         self._broken = False
+        self._abandoned = False  # close stopped waiting for the writer
         self._woken = False
         self._lock = threading.Lock()
         self._wake = threading.Event()  # set: the buffer has events
         self._closing = threading.Event()
-        self._thread = threading.Thread(target=self._send_batches, name="orchestrix-journal")
+        self._thread = threading.Thread(
+            target=in_this_run(self._send_batches), name="orchestrix-journal"
+        )
         self._thread.daemon = True
         self._thread.start()
 
@@ -119,19 +149,42 @@ class Journal:
             return
         with self._lock:
             ENCODERS[event[0]](self._buffer.append, event)
+            self._posted += 1
         if not self._woken:  # a plain flag: Event.is_set is a Python call, this runs per unit
             self._woken = True
             self._wake.set()
 
     def close(self) -> None:
-        """Send what is left, end the run in the journal, wait for the writer. Idempotent."""
+        """Send what is left, end the run in the journal, wait for the writer (``CLOSE_SECONDS``
+        at most, then stop it). Idempotent."""
         if not self._closing.is_set():
             self._closing.set()
             self._wake.set()
-        self._thread.join()
+        self._thread.join(CLOSE_SECONDS)
+        if self._thread.is_alive():
+            self._abandon()
         if self._lock_fd >= 0:
             os.close(self._lock_fd)  # the run is over: status sees it ended
             self._lock_fd = -1
+
+    def _abandon(self) -> None:
+        """The writer stopped taking events: say what the journal misses, and kill the writer
+        (which also frees the journal's thread from its write to the writer's pipe)."""
+        self._abandoned = True
+        with self._lock:
+            posted, missing = self._posted, self._posted - self._sent
+        who = f"its writer (pid {self._process.pid})" if self._process else "its thread"
+        logger.warning(
+            "orchestrix: the journal lags: %s did not finish within %s s and is stopped; %d of "
+            "this run's %d task events were never handed to it, and those handed over may not "
+            "all be written: %s may show tasks as still running",
+            who, CLOSE_SECONDS, missing, posted, self.path,
+        )  # fmt: skip
+        if self._process is not None:
+            self._process.kill()  # a stopped process dies too
+            self._thread.join(CLOSE_SECONDS)
+            if self._process.poll() is None:
+                self._process.wait(CLOSE_SECONDS)
 
     # -- the journal's thread -------------------------------------------------------------------
 
@@ -145,13 +198,17 @@ class Journal:
         except Exception:  # a journal must not break the caller's run
             self._broken = True  # nor keep what it can no longer write
             self._buffer = []
-            logger.exception("orchestrix: the journal failed; task states are no longer written")
+            if not self._abandoned:  # else close said why already
+                logger.exception(
+                    "orchestrix: the journal failed; task states are no longer written"
+                )
         finally:
             self._finish()
 
     def _take(self) -> list[Any]:
         with self._lock:
             batch, self._buffer = self._buffer, []
+            self._taken = self._posted
             self._woken = False  # under the lock: an event posted after this wakes us again
             self._wake.clear()
         return batch
@@ -161,10 +218,12 @@ class Journal:
             return
         if self._process is None:
             self._local.handle(decode(batch))
-            return
-        assert self._process.stdin is not None
-        pickle.dump(batch, self._process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-        self._process.stdin.flush()
+        else:
+            assert self._process.stdin is not None
+            pickle.dump(batch, self._process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            self._process.stdin.flush()
+        with self._lock:
+            self._sent = self._taken  # every event taken so far is in the writer's pipe
 
     def _finish(self) -> None:
         if self._process is None:
@@ -175,8 +234,9 @@ class Journal:
             pickle.dump(None, self._process.stdin)  # the close: the run ended normally
             self._process.stdin.close()
         except OSError as exc:  # the writer died
-            logger.warning("orchestrix: could not end the journal: %s", exc)
-        if self._process.wait() != 0:
+            if not self._abandoned:
+                logger.warning("orchestrix: could not end the journal: %s", exc)
+        if self._process.wait() != 0 and not self._abandoned:
             logger.warning(
                 "orchestrix: the journal writer exited with %s", self._process.returncode
             )

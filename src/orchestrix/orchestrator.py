@@ -8,6 +8,7 @@ the engine. Cleanup runs at ``close()``, at the end of a ``with`` block, and at 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import html
 import itertools
@@ -75,40 +76,62 @@ class Orchestrator(Executor):
         create_backend_class(parsed)  # an unbuilt mode is refused before the machine is sized
         self.config: Config
         self.config, self.sizing_reasons = resolve_pool_config(parsed)
-        extras = {"client": client} if client is not None else {}
-        self._backend = create_backend(self.config, **extras)
-        out_dir = self.config.out_dir
-        store = None
-        if self.config.resume:
-            assert out_dir is not None  # the config checked it
-            store = ResultStore(os.path.join(out_dir, RESULTS_DIR))
-        self._engine = Engine(self._backend, self.config.factorize_tasks, self.config.canary, store)
         self._closed = False
         self._lock = threading.Lock()
         self._futures: dict[Future[Any], int] = {}  # submitted calls not finished -> job id
         self._callbacks = CallbackThread()
-        self.monitor = self._backend.monitor
-        if self.config.out_dir is not None:
-            _write_used_config(self.config)
-        files = RunFiles(self.config.out_dir)
-        facts = {
-            "mode": self.config.mode,
-            "nb_workers": getattr(self.config, "nb_workers", None),
-            "profiling": self.config.profiling.mode,
-        }
-        trackers = _start_trackers(self.config, on_task_done)
-        for tracker in trackers:
-            self.monitor.add_tracker(tracker)
-        # The finalizer holds what closing needs, never self: it also runs at interpreter exit.
-        self._finalizer = weakref.finalize(
-            self, _close, self._backend, self._callbacks, files, facts, trackers, on_run_end
-        )
-        try:
-            self._backend.start()
-        except BaseException:
-            self._finalizer()  # whatever started is stopped
-            raise
-        files.narrate("orchestrator started: %s", _describe_config(self.config))
+        self._files = RunFiles(self.config.out_dir)
+        with self._files.active():
+            self._finalizer = self._acquire(client, on_task_done, on_run_end)
+            try:
+                self._backend.start()
+            except BaseException:
+                self._finalizer()  # whatever started is stopped
+                raise
+            self._files.narrate("orchestrator started: %s", _describe_config(self.config))
+
+    def _acquire(
+        self,
+        client: Any,
+        on_task_done: Callable[[TaskEvent], Any] | None,
+        on_run_end: Callable[[RunSummary], Any] | None,
+    ) -> weakref.finalize[..., Any]:
+        """Create the backend, the result store, the run's files and the trackers. If a step
+        fails (a corrupt journal, an out_dir that is a file) what the steps before acquired is
+        released; once all succeed, the finalizer returned owns it all."""
+        with contextlib.ExitStack() as undo:
+            undo.callback(self._files.close_log)
+            extras = {"client": client} if client is not None else {}
+            self._backend = create_backend(self.config, **extras)
+            undo.callback(self._backend.close)
+            store = _store(self.config)
+            self._engine = Engine(
+                self._backend, self.config.factorize_tasks, self.config.canary, store
+            )
+            self.monitor = self._backend.monitor
+            if self.config.out_dir is not None:
+                _write_used_config(self.config)
+            trackers = _start_trackers(self.config, on_task_done, undo)
+            for tracker in trackers:
+                self.monitor.add_tracker(tracker)
+            facts = {
+                "mode": self.config.mode,
+                "nb_workers": getattr(self.config, "nb_workers", None),
+                "profiling": self.config.profiling.mode,
+            }
+            # The finalizer holds what closing needs, never self: it also runs at exit.
+            finalizer = weakref.finalize(
+                self,
+                _close,
+                self._backend,
+                self._callbacks,
+                self._files,
+                facts,
+                trackers,
+                on_run_end,
+            )
+            undo.pop_all()
+        return finalizer
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **overrides: Any) -> Orchestrator:
@@ -181,7 +204,8 @@ class Orchestrator(Executor):
             for index, (future, _) in enumerate(jobs):
                 items = min(chunksize, len(calls) - index * chunksize)
                 future.add_internal_callback(functools.partial(bar.on_future, items))
-        return self._results_in_order(jobs, deadline, chunked=chunksize > 1, bar=bar)
+        ordered = self._results_in_order(jobs, deadline, chunked=chunksize > 1, bar=bar)
+        return self._files.iterate(ordered)
 
     def map_tiles(
         self,
@@ -317,6 +341,16 @@ class Orchestrator(Executor):
         kwargs: dict[str, Any],
         name: str | None = None,
     ) -> tuple[CallFuture, int]:
+        with self._files.active():
+            return self._submit_in_run(fn, args, kwargs, name)
+
+    def _submit_in_run(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        name: str | None,
+    ) -> tuple[CallFuture, int]:
         self._check_open()
         if contains_delayed(args) or contains_delayed(kwargs):
             args, kwargs = self.compute((args, kwargs))
@@ -403,7 +437,7 @@ class Orchestrator(Executor):
             bar = start_progress(show, self.monitor, units, description)
             return bar.close if bar is not None else None
 
-        return self._engine.run(targets, watch)
+        return self._files.iterate(self._engine.run(targets, watch))
 
     def _progress_bar(
         self, progress: bool | None, total: int, description: str, unit: str
@@ -421,14 +455,24 @@ def _html_row(key: str, cell_html: str) -> str:
     return f"<tr><th style='text-align:left'>{html.escape(key)}</th><td>{cell_html}</td></tr>"
 
 
+def _store(config: Config) -> ResultStore | None:
+    if not config.resume:
+        return None
+    assert config.out_dir is not None  # the config checked it
+    return ResultStore(os.path.join(config.out_dir, RESULTS_DIR))
+
+
 def _start_trackers(
-    config: Config, on_task_done: Callable[[TaskEvent], Any] | None
+    config: Config, on_task_done: Callable[[TaskEvent], Any] | None, undo: contextlib.ExitStack
 ) -> tuple[EventConsumer, ...]:
+    """The consumers of task events; each is closed by ``undo`` if construction fails."""
     trackers: list[EventConsumer] = []
     if config.out_dir is not None:
         trackers.append(Journal(config.out_dir, config.resume))
+        undo.callback(trackers[-1].close)
     if on_task_done is not None:
         trackers.append(CallbackTracker(on_task_done))
+        undo.callback(trackers[-1].close)
     return tuple(trackers)
 
 
@@ -442,6 +486,18 @@ def _close(
 ) -> None:
     """Stop the backend (workers write their profiles as they end), then write the run's files,
     settle the journal and the callbacks, and call ``on_run_end``."""
+    with files.active():  # from whatever thread (or the exit) the close comes
+        _close_run(backend, callbacks, files, facts, trackers, on_run_end)
+
+
+def _close_run(
+    backend: Backend,
+    callbacks: CallbackThread,
+    files: RunFiles,
+    facts: dict[str, Any],
+    trackers: tuple[EventConsumer, ...],
+    on_run_end: Callable[[RunSummary], Any] | None,
+) -> None:
     try:
         backend.close()
     finally:

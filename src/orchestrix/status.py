@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from .errors import OrchestrixError
-from .journal import JOURNAL_FILE, STATES, connect, run_is_alive
+from .journal import JOURNAL_FILE, STATES, connect, run_is_alive, unusable_journal
 from .monitor import format_seconds
 
 __all__ = ["format_status", "read_status"]
@@ -38,8 +38,8 @@ def read_status(out_dir: str) -> dict[str, Any]:
             return _query(connection, out_dir)
         finally:
             connection.close()
-    except sqlite3.DatabaseError as exc:
-        raise OrchestrixError(f"cannot read the journal {path}: {exc}") from None
+    except sqlite3.Error as exc:
+        raise unusable_journal(path, exc) from None
 
 
 def _query(connection: sqlite3.Connection, out_dir: str) -> dict[str, Any]:

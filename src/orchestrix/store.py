@@ -1,27 +1,29 @@
 """Results of final tasks kept in ``out_dir/results`` for resumed runs (``resume=True``).
 
 One file per task key: a numpy array as ``<key>.npy``, anything else pickled as ``<key>.pkl``.
-A file is written under a temporary name and renamed into place, so a reader (a rerun after the
-caller was killed mid-write) sees either the whole result or none. Keys are stable across runs
+A file is written under a temporary name and renamed into place (:mod:`orchestrix.atomic`), so a
+reader (a rerun after the caller was killed mid-write) sees either the whole result or none, and
+a full disk leaves the results stored before as they were. Keys are stable across runs
 and change with the task's code or arguments, so a stored result is the result of that call.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import re
 import sys
-import uuid
-from typing import Any
+from typing import IO, Any
 
+from .atomic import TEMPORARY_SUFFIX, write_atomically
 from .errors import OrchestrixError
 
 __all__ = ["RESULTS_DIR", "ResultStore"]
 
 RESULTS_DIR = "results"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-_TEMPORARY = re.compile(r"\.tmp-(\d+)-[0-9a-f]{8}$")
+_TEMPORARY = re.compile(TEMPORARY_SUFFIX)
 _MAX_NAME = 200  # well under the usual 255-byte limit, with room for the suffixes
 
 
@@ -64,24 +66,12 @@ class ResultStore:
 
     def save(self, key: str, value: Any) -> str:
         """Store ``value`` atomically; return the file's path."""
-        base = self._base(key)
-        temporary = f"{base}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        try:
-            if _is_plain_array(value):
-                import numpy
-
-                with open(temporary, "wb") as stream:
-                    numpy.save(stream, value, allow_pickle=False)
-                path = base + ".npy"
-            else:
-                with open(temporary, "wb") as stream:
-                    pickle.dump(value, stream, protocol=pickle.HIGHEST_PROTOCOL)
-                path = base + ".pkl"
-            os.replace(temporary, path)
-        except BaseException:
-            if os.path.exists(temporary):
-                os.remove(temporary)
-            raise
+        if _is_plain_array(value):
+            path, write = self._base(key) + ".npy", functools.partial(_save_array, value)
+        else:
+            path, write = self._base(key) + ".pkl", functools.partial(_save_pickle, value)
+        hint = "give out_dir on a file system with room (resume keeps results in out_dir/results)"
+        write_atomically(path, write, f"the result of task {key!r}", hint)
         return path
 
     def _base(self, key: str) -> str:
@@ -89,6 +79,16 @@ class ResultStore:
         if len(name) > _MAX_NAME:  # keep the end: the token that makes the key unique
             name = name[-_MAX_NAME:]
         return os.path.join(self.directory, name)
+
+
+def _save_array(value: Any, stream: IO[bytes]) -> None:
+    import numpy
+
+    numpy.save(stream, value, allow_pickle=False)
+
+
+def _save_pickle(value: Any, stream: IO[bytes]) -> None:
+    pickle.dump(value, stream, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _alive(pid: int) -> bool:

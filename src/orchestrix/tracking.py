@@ -22,6 +22,8 @@ import queue
 import threading
 from typing import Any, Protocol
 
+from .runcontext import in_this_run
+
 __all__ = ["EventConsumer", "Tracker"]
 
 logger = logging.getLogger("orchestrix")
@@ -43,7 +45,7 @@ class Tracker:
     def __init__(self, name: str) -> None:
         self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._closing = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread = threading.Thread(target=in_this_run(self._loop), name=name, daemon=True)
         self._thread.start()
 
     def post(self, event: tuple[Any, ...]) -> None:

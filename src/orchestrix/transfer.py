@@ -6,11 +6,14 @@ numpy arrays of at least ``DUMP_THRESHOLD`` bytes found in a result (also inside
 dicts) are written once by the worker to a file in the run's private dump directory and travel as
 that file's path. The parent holds each file through a :class:`DumpedArray` handle: the file is
 deleted when the last handle is gone (every consumer has finished with it); a consumer or the
-caller reads it as a read-only memory map, which stays valid after the file is deleted.
+caller reads it as a read-only memory map, which stays valid after the file is deleted. A
+result either leaves the worker whole or leaves no file behind: if a dump (a full disk) or the
+pickling of the rest fails, the files already dumped for it are removed.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import os
@@ -21,10 +24,12 @@ import sys
 import tempfile
 import types
 import weakref
-from typing import Any
+from collections.abc import Callable
+from typing import IO, Any
 
 import cloudpickle  # type: ignore[import-untyped]
 
+from .atomic import write_atomically
 from .graph import TaskFunction, map_nested
 
 __all__ = [
@@ -106,20 +111,37 @@ class Dumper:
         self.threshold = threshold
         self._names = itertools.count()
 
-    def dump(self, value: Any) -> Any:
+    def encode(self, value: Any, pickle_result: Callable[[Any], bytes]) -> bytes:
+        """``value`` with its large arrays dumped, pickled by ``pickle_result``. If a dump or
+        the pickling fails, the files dumped for ``value`` are removed before the error goes on:
+        a result that never reaches the parent has no handle there to delete them."""
+        written: list[str] = []
+        try:
+            return pickle_result(self._dump(value, written))
+        except BaseException:
+            for path in written:
+                _remove_quietly(path)
+            raise
+
+    def _dump(self, value: Any, written: list[str]) -> Any:
         numpy = sys.modules.get("numpy")
         if numpy is None:  # no array can exist in a process that never imported numpy
             return value
-        return map_nested(value, numpy.ndarray, self._dump_array)
+        return map_nested(value, numpy.ndarray, functools.partial(self._dump_array, written))
 
-    def _dump_array(self, array: Any) -> Any:
+    def _dump_array(self, written: list[str], array: Any) -> Any:
         if array.nbytes < self.threshold or array.dtype.hasobject:
             return array
-        numpy = sys.modules["numpy"]
         path = os.path.join(self.directory, f"{os.getpid()}-{next(self._names)}.npy")
-        with open(path, "wb") as stream:
-            numpy.lib.format.write_array(stream, array, allow_pickle=False)
+        what = f"a result array ({array.dtype}, shape {array.shape})"
+        hint = "set dump_dir to a directory with room (or dump_to_disk=False)"
+        write_atomically(path, functools.partial(_write_array, array), what, hint)
+        written.append(path)
         return _DumpedFile(path)
+
+
+def _write_array(array: Any, stream: IO[bytes]) -> None:
+    sys.modules["numpy"].lib.format.write_array(stream, array, allow_pickle=False)
 
 
 class _DumpedFile:

@@ -24,6 +24,7 @@ from typing import Any
 from ..errors import StallError, TaskError, WorkerCrashedError
 from ..execute import TaskFailure, UnitFailed, UnitOutcome
 from ..factorize import WorkUnit
+from ..runcontext import in_this_run
 from ..transfer import dumps_work
 from .base import Backend, Sink, worker_settings
 from .dask_tasks import (
@@ -92,7 +93,7 @@ class DaskBackend(Backend):
             except Exception as exc:  # noqa: BLE001 - e.g. a remote scheduler without orchestrix
                 logger.warning("orchestrix: stall watchdog sees results only: %s", exc)
             threading.Thread(
-                target=self._watch_stalls, name="orchestrix-dask-watchdog", daemon=True
+                target=in_this_run(self._watch_stalls), name="orchestrix-dask-watchdog", daemon=True
             ).start()
 
     def make_cluster(self) -> Any:

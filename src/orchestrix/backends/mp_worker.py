@@ -24,6 +24,7 @@ import time
 import traceback
 from typing import Any
 
+from ..errors import OrchestrixError
 from ..execute import TaskCaller, TaskFailure, UnitOutcome, portable_failure, run_unit
 from ..observe import ProcessObserver, UsageMeter, WorkerSettings
 from ..transfer import Dumper
@@ -190,12 +191,14 @@ def _encode(unit: Any, outcome: UnitOutcome, dumper: Dumper | None) -> tuple[Job
     if outcome.failure is not None:
         return JobStatus.FAILED, _encode_failure(outcome.failure)
     try:
-        value = dumper.dump(outcome.value) if dumper else outcome.value
-    except OSError as exc:
+        if dumper is None:
+            return JobStatus.OK, _pickle_result(outcome.value)
+        return JobStatus.OK, dumper.encode(
+            outcome.value, _pickle_result
+        )  # leaves no file if it fails
+    except (OSError, OrchestrixError) as exc:  # a dump failed: a full disk, no dump directory
         failure = TaskFailure(unit.key, unit.name, exc, traceback.format_exc())
         return JobStatus.FAILED, _encode_failure(failure)
-    try:
-        return JobStatus.OK, _pickle_result(value)
     except BaseException as exc:  # noqa: BLE001 - whatever the result holds that pickle refuses
         error = pickle.PicklingError(
             f"the result of task {unit.name!r} could not be pickled to return it: "

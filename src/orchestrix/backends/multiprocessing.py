@@ -36,6 +36,7 @@ from ..errors import (
 )
 from ..execute import TaskFailure, UnitOutcome
 from ..factorize import WorkUnit
+from ..runcontext import in_this_run
 from ..transfer import create_dump_dir, dumps_work, materialize
 from . import mp_policy, mp_pool
 from .base import Backend, Sink, worker_settings
@@ -90,7 +91,9 @@ class MultiprocessingBackend(Backend):
         self._register(self._wake_read, _WAKE, None)
         # The manager thread starts the workers: each dies with the thread that started it (the
         # parent-death signal), so that must be a thread that lives as long as the pool.
-        self._thread = threading.Thread(target=self._manage, name="orchestrix-pool", daemon=True)
+        self._thread = threading.Thread(
+            target=in_this_run(self._manage), name="orchestrix-pool", daemon=True
+        )
         self._thread.start()
         self._started.wait()
         if self._start_error is not None:
