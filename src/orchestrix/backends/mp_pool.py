@@ -51,6 +51,7 @@ class Worker:
 
     def __init__(self, process: Any, channel: Channel, started: Any) -> None:
         self.process = process
+        self.pid = int(process.pid)  # kept: a closed process object no longer says it
         self.channel = channel
         self.exit_handle = _exit_handle(process)
         self.started = started  # shared counter of the jobs the worker has started
@@ -58,13 +59,10 @@ class Worker:
         self.last_progress = 0.0  # when its running job started, at the latest
         self.done = 0
         self.stopping: StopReason | None = None
+        self.exitcode: int | None = None  # known once it has ended
         self.start_error: str | None = None  # the traceback it sent if it could not start
         self.peak_rss_mb = 0.0
         self.name = f"{socket.gethostname()}-{self.pid}"  # as the worker names itself
-
-    @property
-    def pid(self) -> int:
-        return int(self.process.pid)
 
     def send_stop(self) -> None:
         self.channel.send(Stop())
@@ -97,10 +95,17 @@ class Worker:
         self.close_handles()
 
     def close_handles(self) -> None:
+        """Close the socket, the exit handle and the process's own descriptors now, not when
+        the garbage collector gets to them (a traceback may keep the worker alive long)."""
         self.channel.close()
         if self.exit_handle != self.process.sentinel:
             os.close(self.exit_handle)
         self.exit_handle = -1
+        self.exitcode = self.process.exitcode
+        try:
+            self.process.close()
+        except ValueError:
+            pass  # still running (it outlived the kill's grace period): its finalizer closes them
 
 
 def _exit_handle(process: Any) -> int:
@@ -193,7 +198,7 @@ def stop_all(workers: list[Worker]) -> None:
 
 def crash_error(worker: Worker, unit: Any) -> WorkerCrashedError:
     """The error for a worker that died on its own, naming the exit code or signal."""
-    code = worker.process.exitcode
+    code = worker.exitcode
     if code is not None and code < 0:
         try:
             name = signal.Signals(-code).name
