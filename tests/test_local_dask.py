@@ -51,6 +51,23 @@ def test_per_job_timeout_fails_the_task_and_restarts_its_worker():
         assert orch.compute(inc(1)) == 2
 
 
+@pytest.mark.timeout(120)
+def test_a_timeout_restart_does_not_blame_the_tasks_the_worker_held():
+    # One worker, retries=0: the innocent call waits on the worker whose task times out, and the
+    # next compute may land on that worker before its restart; neither may count it as a crash.
+    options = {"nb_workers": 1, "per_job_timeout": 3, "retries": 0}
+    with ox.Orchestrator(mode="local_dask", **options) as orch:
+        late = orch.submit(sleep_for, 30, "late")
+        innocent = orch.submit(sleep_for, 1, "innocent")
+        with pytest.raises(ox.TaskTimeoutError):
+            late.result(timeout=60)
+        assert innocent.result(timeout=60) == "innocent"
+        for attempt in range(2):
+            with pytest.raises(ox.TaskTimeoutError):
+                orch.compute(sleep_for(30, ("late", attempt)))
+            assert orch.compute(sleep_for(0.5, attempt)) == attempt
+
+
 def test_worker_killed_mid_task_is_replaced_and_the_run_completes(tmp_path):
     marker = str(tmp_path / "killed")
     with cluster(retries=2) as orch:

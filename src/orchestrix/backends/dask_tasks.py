@@ -27,6 +27,7 @@ __all__ = [
     "MemoryLogger",
     "ObserverPlugin",
     "completed_count",
+    "restart_unblamed",
     "run_unit_task",
 ]
 
@@ -227,3 +228,30 @@ def completed_count(dask_scheduler: Any) -> int:
     """Run on the scheduler: tasks finished so far (-1 without the plugin)."""
     plugin = dask_scheduler.plugins.get(CompletionCounter.name)
     return plugin.count if plugin is not None else -1
+
+
+async def restart_unblamed(workers: list[str], *, dask_scheduler: Any) -> dict[str, str]:
+    """Run on the scheduler: restart these workers (their nannies start fresh processes)
+    without counting the tasks they hold as victims of a crash.
+
+    dask's own ``restart_workers`` kills the process, and the scheduler then counts every task
+    still processing there against ``allowed-failures``, as if the worker had crashed. Those
+    tasks are innocent: the next run's task that landed on a worker restarted after a
+    per_job_timeout, a task queued behind the one that timed out. So first the worker gets no
+    new work, then its tasks go back to waiting (and run elsewhere or on the fresh worker),
+    and only then is it killed: nothing is left on it to blame.
+    """
+    stimulus_id = f"orchestrix-restart-{time.time()}"
+    known = [dask_scheduler.workers[a] for a in workers if a in dask_scheduler.workers]
+    for state in known:
+        # not "running" for the scheduler: nothing new is assigned to it from now on
+        dask_scheduler.handle_worker_status_change("closing_gracefully", state, stimulus_id)
+        released = {task.key: "released" for task in state.processing}
+        dask_scheduler.transitions(released, stimulus_id)
+    addresses = [state.address for state in known]
+    if not addresses:
+        return {}
+    result: dict[str, str] = await dask_scheduler.restart_workers(
+        addresses, stimulus_id=stimulus_id, on_error="return", wait_for_workers=False
+    )
+    return result

@@ -34,6 +34,7 @@ from .dask_tasks import (
     MemoryLogger,
     ObserverPlugin,
     completed_count,
+    restart_unblamed,
     run_unit_task,
 )
 
@@ -248,14 +249,26 @@ class DaskBackend(Backend):
 
     def _restart_later(self, workers: list[str]) -> None:
         """Restart workers without blocking distributed's callback thread."""
+        threading.Thread(target=self._restart, args=(workers,), daemon=True).start()
 
-        def restart() -> None:
-            try:
-                self.client.restart_workers(workers, raise_for_error=False)
-            except Exception as exc:  # noqa: BLE001 - a worker already gone is fine
-                logger.warning("orchestrix: could not restart %s: %s", workers, exc)
-
-        threading.Thread(target=restart, daemon=True).start()
+    def _restart(self, workers: list[str]) -> None:
+        """Restart workers on the scheduler, where their tasks are first moved off them: a
+        restart we order is no crash, so it must not use up a task's retries."""
+        try:
+            self.client.run_on_scheduler(restart_unblamed, workers)
+            return
+        except Exception as exc:  # noqa: BLE001 - e.g. a remote scheduler without orchestrix
+            if self._closed.is_set():
+                return
+            logger.warning(
+                "orchestrix: restarting %s the plain way (their tasks count it as a crash): %s",
+                workers,
+                exc,
+            )
+        try:
+            self.client.restart_workers(workers, raise_for_error=False)
+        except Exception as exc:  # noqa: BLE001 - a worker already gone is fine
+            logger.warning("orchestrix: could not restart %s: %s", workers, exc)
 
     # -- the stall watchdog -------------------------------------------------------------------
 
