@@ -21,6 +21,7 @@ from .config import (
 from .errors import (
     CanaryError,
     ConfigError,
+    NoWorkerError,
     OrchestrixError,
     RemoteTraceback,
     StallError,
@@ -46,6 +47,7 @@ __all__ = [
     "Delayed",
     "LocalDaskConfig",
     "MultiprocessingConfig",
+    "NoWorkerError",
     "Orchestrator",
     "OrchestrixError",
     "PbsDaskConfig",
