@@ -89,10 +89,10 @@ def _run_with_timeout(unit: WorkUnit, inputs: dict[str, Any], timeout: float) ->
     """Run the unit in a thread and stop waiting after ``timeout``; the caller then restarts this
     worker, which is the only way to stop a Python thread that is still running."""
     box: list[UnitOutcome] = []
-    thread = threading.Thread(target=lambda: box.append(_run_measured(unit, inputs)), daemon=True)
+    thread = threading.Thread(target=_run_into, args=(box, unit, inputs), daemon=True)
     thread.start()
     thread.join(timeout)
-    if box:
+    if box:  # _run_into gives an outcome whatever happens: none means still running
         return box[0]
     message = (
         f"task {unit.name!r} ran longer than per_job_timeout={timeout} s; its worker is restarted "
@@ -100,6 +100,16 @@ def _run_with_timeout(unit: WorkUnit, inputs: dict[str, Any], timeout: float) ->
     )
     error = TaskTimeoutError(unit.key, unit.name, message, timeout)
     return UnitOutcome(unit, failure=TaskFailure(unit.key, unit.name, error, None, error=error))
+
+
+def _run_into(box: list[UnitOutcome], unit: WorkUnit, inputs: dict[str, Any]) -> None:
+    """The timeout thread's body: whatever escapes the run (run_unit keeps the task's own
+    exceptions) still gives an outcome, so that it is not mistaken for a timeout."""
+    try:
+        box.append(_run_measured(unit, inputs))
+    except BaseException as exc:  # noqa: BLE001 - reported as this unit's failure
+        text = "".join(traceback.format_exception(exc))
+        box.append(UnitOutcome(unit, failure=TaskFailure(unit.key, unit.name, exc, text)))
 
 
 def _run_measured(unit: WorkUnit, inputs: dict[str, Any]) -> UnitOutcome:
