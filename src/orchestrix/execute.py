@@ -87,7 +87,7 @@ def run_unit(
         begin = clock()
         try:
             value = call(node, values)
-        except Exception as exc:  # noqa: BLE001 - any failure of user code is the task's
+        except BaseException as exc:  # noqa: BLE001 - any failure of user code is the task's
             walls.append(clock() - begin)
             CURRENT.key = None
             text = "".join(traceback.format_exception(exc)) if remote else None
