@@ -292,3 +292,23 @@ def mean3x3(window):
 def scaled_sqrt(window):
     """Pointwise: its output has the shape of the window it gets."""
     return np.sqrt(window) * 2.0
+
+
+class CustomBaseError(BaseException):
+    """A BaseException that is neither an Exception nor one Python raises itself."""
+
+
+@ox.task
+def raise_base_exception(kind, log=None):
+    """Raises a BaseException (``kind``: system_exit, keyboard_interrupt, cancelled, custom)."""
+    import asyncio
+
+    if log:
+        _append(log, "x")
+    errors = {
+        "system_exit": lambda: SystemExit(3),
+        "keyboard_interrupt": lambda: KeyboardInterrupt("raised by the task"),
+        "cancelled": lambda: asyncio.CancelledError("raised by the task"),
+        "custom": lambda: CustomBaseError("raised by the task"),
+    }
+    raise errors[kind]()

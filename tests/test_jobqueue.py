@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -45,7 +46,8 @@ def test_slurm_job_script_carries_the_configuration(tmp_path):
     assert not list(tmp_path.glob(".orchestrix-tls-*"))  # certificates removed afterwards
 
 
-def test_pbs_job_script_and_security_off_warns(tmp_path):
+def test_pbs_job_script_and_security_off_warns(tmp_path, monkeypatch):
+    _fake_batch(tmp_path, monkeypatch, "echo 4242.server")  # make_cluster submits its jobs
     config = parse_config(
         mode="pbs_dask", account="p9", walltime="00:10:00", security=False, out_dir=str(tmp_path)
     )
@@ -188,3 +190,70 @@ def test_pbs_dask_runs_through_the_pbs_commands(tmp_path, monkeypatch):
     with _cluster(mode="pbs_dask", out_dir=str(tmp_path)) as orch:
         assert orch.compute([inc(i) for i in range(10)]) == list(range(1, 11))
     assert _wait_for_empty_queue() == []
+
+
+# -- against fake batch commands (no SLURM or PBS needed) --------------------------------------
+
+FAKE_COMMANDS = {"slurm_dask": ("sbatch", "scancel"), "pbs_dask": ("qsub", "qdel")}
+
+
+def _fake_batch(tmp_path, monkeypatch, submit_body, only_fakes=False):
+    """Put fake submit and cancel commands first on PATH (alone on it with ``only_fakes``);
+    the cancel command records its arguments in ``bin/cancelled``."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scripts = {}
+    for submit, cancel in FAKE_COMMANDS.values():
+        scripts[submit] = f"#!/bin/sh\n{submit_body}\n"
+        scripts[cancel] = f'#!/bin/sh\necho "$@" >> {bin_dir}/cancelled\n'
+    for status in ("squeue", "qstat"):
+        scripts[status] = "#!/bin/sh\nexit 0\n"
+    for name, text in scripts.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    path = str(bin_dir) if only_fakes else os.pathsep.join([str(bin_dir), os.environ["PATH"]])
+    monkeypatch.setenv("PATH", path)
+    return bin_dir
+
+
+def _fake_cluster(mode, out_dir, **options):
+    return ox.Orchestrator(mode=mode, account="ci", nb_workers=1, out_dir=str(out_dir), **options)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", ["slurm_dask", "pbs_dask"])
+def test_a_refused_job_fails_the_start_with_the_commands_words(tmp_path, monkeypatch, mode):
+    refusal = "error: Batch job submission failed: Invalid account or partition specified"
+    _fake_batch(tmp_path, monkeypatch, f'echo "{refusal}" >&2\nexit 1')
+    with pytest.raises(ox.OrchestrixError, match="Invalid account or partition") as info:
+        _fake_cluster(mode, tmp_path / "run")
+    assert FAKE_COMMANDS[mode][0] in str(info.value)
+    assert not list((tmp_path / "run").glob(".orchestrix-tls-*"))  # certificates removed
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", ["slurm_dask", "pbs_dask"])
+def test_a_missing_submit_command_fails_the_start(tmp_path, monkeypatch, mode):
+    _fake_batch(tmp_path, monkeypatch, "exit 0", only_fakes=True)
+    (tmp_path / "bin" / FAKE_COMMANDS[mode][0]).unlink()
+    with pytest.raises(ox.OrchestrixError, match=f"'{FAKE_COMMANDS[mode][0]}', which is not on"):
+        _fake_cluster(mode, tmp_path / "run")
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("mode", ["slurm_dask", "pbs_dask"])
+def test_no_worker_joining_fails_the_compute_with_the_job_logs(tmp_path, monkeypatch, mode):
+    # The job is accepted, and its worker dies at once: it only leaves a log behind.
+    logs = tmp_path / "run" / "workers_log"
+    monkeypatch.setenv("FAKE_LOG", str(logs / "dask-worker-4242.err"))
+    accept = 'echo "ModuleNotFoundError: No module named distributed" > "$FAKE_LOG"\n'
+    accept += "echo 'Submitted batch job 4242'"
+    bin_dir = _fake_batch(tmp_path, monkeypatch, accept)
+    with _fake_cluster(mode, tmp_path / "run", worker_start_timeout=2) as orch:
+        with pytest.raises(ox.NoWorkerError, match="worker_start_timeout=2 s") as info:
+            orch.compute(inc(1))
+        assert "No module named distributed" in str(info.value) and "4242" in str(info.value)
+        assert info.value.name == "inc"
+        with pytest.raises(ox.NoWorkerError):  # later calls fail at once
+            orch.compute(inc(2))
+    assert "4242" in (bin_dir / "cancelled").read_text()  # close cancelled the job

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import pytest
 
 import orchestrix as ox
 from orchestrix.backends import AVAILABLE
-from tasks import inc, kill_worker_once, record, recorded, sleep_for
+from tasks import (
+    CustomBaseError,
+    inc,
+    kill_worker_once,
+    raise_base_exception,
+    record,
+    recorded,
+    sleep_for,
+)
 
 pytestmark = pytest.mark.skipif("local_dask" not in AVAILABLE, reason="no local_dask backend")
 
@@ -49,6 +58,64 @@ def test_per_job_timeout_fails_the_task_and_restarts_its_worker():
             orch.compute(sleep_for(30, "late"))
         assert info.value.limit == 1
         assert orch.compute(inc(1)) == 2
+
+
+@pytest.mark.timeout(120)
+def test_a_timeout_restart_does_not_blame_the_tasks_the_worker_held():
+    # One worker, retries=0: the innocent call waits on the worker whose task times out, and the
+    # next compute may land on that worker before its restart; neither may count it as a crash.
+    options = {"nb_workers": 1, "per_job_timeout": 3, "retries": 0}
+    with ox.Orchestrator(mode="local_dask", **options) as orch:
+        late = orch.submit(sleep_for, 30, "late")
+        innocent = orch.submit(sleep_for, 1, "innocent")
+        with pytest.raises(ox.TaskTimeoutError):
+            late.result(timeout=60)
+        assert innocent.result(timeout=60) == "innocent"
+        for attempt in range(2):
+            with pytest.raises(ox.TaskTimeoutError):
+                orch.compute(sleep_for(30, ("late", attempt)))
+            assert orch.compute(sleep_for(0.5, attempt)) == attempt
+
+
+BASE_EXCEPTIONS = {
+    "system_exit": SystemExit,
+    "keyboard_interrupt": KeyboardInterrupt,
+    "cancelled": asyncio.CancelledError,
+    "custom": CustomBaseError,
+}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("per_job_timeout", [600, None])  # in a thread of ours, or of dask's
+def test_a_task_raising_a_base_exception_fails_with_its_task_error_run_once(
+    tmp_path, per_job_timeout
+):
+    with cluster(retries=2, task_timeout=60, per_job_timeout=per_job_timeout) as orch:
+        for kind, expected in BASE_EXCEPTIONS.items():
+            log = str(tmp_path / kind)
+            with pytest.raises(ox.TaskError) as info:
+                orch.compute(raise_base_exception(kind, log))
+            assert type(info.value) is ox.TaskError, kind  # not a crash, timeout or stall
+            assert info.value.name == "raise_base_exception"
+            assert isinstance(info.value.__cause__, expected), kind
+            assert recorded(log) == ["x"], kind  # run once, not retried
+        assert orch.compute(inc(1)) == 2  # the workers are fine
+
+
+@pytest.mark.timeout(60)
+def test_an_escape_from_the_timeout_thread_is_not_a_timeout(monkeypatch):
+    from orchestrix.backends import dask_tasks
+    from orchestrix.factorize import WorkUnit
+    from orchestrix.graph import TaskNode
+
+    def escape(unit, inputs):
+        raise KeyboardInterrupt("escaped the run")
+
+    monkeypatch.setattr(dask_tasks, "_run_measured", escape)
+    unit = WorkUnit((TaskNode.call(abs, "abs", (-1,), {}, "abs-key"),), ())
+    outcome = dask_tasks._run_with_timeout(unit, {}, 30)
+    assert isinstance(outcome.failure.exception, KeyboardInterrupt)
+    assert outcome.failure.key == "abs-key" and outcome.failure.error is None
 
 
 def test_worker_killed_mid_task_is_replaced_and_the_run_completes(tmp_path):

@@ -360,6 +360,11 @@ class _JobqueueConfig(_DaskConfig):
     security: bool = _key(
         True, "a bool", _is_bool, "TLS with temporary certificates between scheduler and workers"
     )
+    worker_start_timeout: int | float | None = _seconds_key(
+        600,
+        "tasks fail with NoWorkerError when no worker job has joined this long after the start "
+        "(None: wait for ever, e.g. on a queue known to be busy)",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

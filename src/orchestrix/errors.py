@@ -116,6 +116,12 @@ class StallError(TaskError):
     """No task finished for ``task_timeout`` seconds, twice: the run is stopped."""
 
 
+class NoWorkerError(TaskError):
+    """No worker job joined the cluster within ``worker_start_timeout`` seconds of the start
+    (``slurm_dask``, ``pbs_dask``): the tasks waiting for one fail. The message shows the end
+    of the job logs."""
+
+
 class RemoteTraceback(Exception):
     """The formatted traceback of an exception raised in another process."""
 

@@ -27,6 +27,7 @@ __all__ = [
     "MemoryLogger",
     "ObserverPlugin",
     "completed_count",
+    "restart_unblamed",
     "run_unit_task",
 ]
 
@@ -88,10 +89,10 @@ def _run_with_timeout(unit: WorkUnit, inputs: dict[str, Any], timeout: float) ->
     """Run the unit in a thread and stop waiting after ``timeout``; the caller then restarts this
     worker, which is the only way to stop a Python thread that is still running."""
     box: list[UnitOutcome] = []
-    thread = threading.Thread(target=lambda: box.append(_run_measured(unit, inputs)), daemon=True)
+    thread = threading.Thread(target=_run_into, args=(box, unit, inputs), daemon=True)
     thread.start()
     thread.join(timeout)
-    if box:
+    if box:  # _run_into gives an outcome whatever happens: none means still running
         return box[0]
     message = (
         f"task {unit.name!r} ran longer than per_job_timeout={timeout} s; its worker is restarted "
@@ -99,6 +100,16 @@ def _run_with_timeout(unit: WorkUnit, inputs: dict[str, Any], timeout: float) ->
     )
     error = TaskTimeoutError(unit.key, unit.name, message, timeout)
     return UnitOutcome(unit, failure=TaskFailure(unit.key, unit.name, error, None, error=error))
+
+
+def _run_into(box: list[UnitOutcome], unit: WorkUnit, inputs: dict[str, Any]) -> None:
+    """The timeout thread's body: whatever escapes the run (run_unit keeps the task's own
+    exceptions) still gives an outcome, so that it is not mistaken for a timeout."""
+    try:
+        box.append(_run_measured(unit, inputs))
+    except BaseException as exc:  # noqa: BLE001 - reported as this unit's failure
+        text = "".join(traceback.format_exception(exc))
+        box.append(UnitOutcome(unit, failure=TaskFailure(unit.key, unit.name, exc, text)))
 
 
 def _run_measured(unit: WorkUnit, inputs: dict[str, Any]) -> UnitOutcome:
@@ -227,3 +238,30 @@ def completed_count(dask_scheduler: Any) -> int:
     """Run on the scheduler: tasks finished so far (-1 without the plugin)."""
     plugin = dask_scheduler.plugins.get(CompletionCounter.name)
     return plugin.count if plugin is not None else -1
+
+
+async def restart_unblamed(workers: list[str], *, dask_scheduler: Any) -> dict[str, str]:
+    """Run on the scheduler: restart these workers (their nannies start fresh processes)
+    without counting the tasks they hold as victims of a crash.
+
+    dask's own ``restart_workers`` kills the process, and the scheduler then counts every task
+    still processing there against ``allowed-failures``, as if the worker had crashed. Those
+    tasks are innocent: the next run's task that landed on a worker restarted after a
+    per_job_timeout, a task queued behind the one that timed out. So first the worker gets no
+    new work, then its tasks go back to waiting (and run elsewhere or on the fresh worker),
+    and only then is it killed: nothing is left on it to blame.
+    """
+    stimulus_id = f"orchestrix-restart-{time.time()}"
+    known = [dask_scheduler.workers[a] for a in workers if a in dask_scheduler.workers]
+    for state in known:
+        # not "running" for the scheduler: nothing new is assigned to it from now on
+        dask_scheduler.handle_worker_status_change("closing_gracefully", state, stimulus_id)
+        released = {task.key: "released" for task in state.processing}
+        dask_scheduler.transitions(released, stimulus_id)
+    addresses = [state.address for state in known]
+    if not addresses:
+        return {}
+    result: dict[str, str] = await dask_scheduler.restart_workers(
+        addresses, stimulus_id=stimulus_id, on_error="return", wait_for_workers=False
+    )
+    return result

@@ -18,7 +18,7 @@ import itertools
 import logging
 import os
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ..errors import StallError, TaskError, WorkerCrashedError
@@ -35,6 +35,7 @@ from .dask_tasks import (
     MemoryLogger,
     ObserverPlugin,
     completed_count,
+    restart_unblamed,
     run_unit_task,
 )
 
@@ -62,6 +63,8 @@ class DaskBackend(Backend):
         self._closed = threading.Event()
         self._stalls = 0
         self._completed = -1
+        # set once a worker has joined: until then nothing can finish, and that is no stall
+        self._joined = threading.Event()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -87,6 +90,7 @@ class DaskBackend(Backend):
         if self.config.use_memory_logger and self.config.out_dir:
             directory = os.path.join(os.path.abspath(self.config.out_dir), "memory")
             self.client.register_plugin(MemoryLogger(directory), name=MemoryLogger.name)
+        self._await_workers()
         if self.config.task_timeout is not None:
             try:
                 self.client.register_plugin(CompletionCounter(), name=CompletionCounter.name)
@@ -95,6 +99,10 @@ class DaskBackend(Backend):
             threading.Thread(
                 target=in_this_run(self._watch_stalls), name="orchestrix-dask-watchdog", daemon=True
             ).start()
+
+    def _await_workers(self) -> None:
+        """A LocalCluster has its workers once built; a cluster given to us is taken as ready."""
+        self._joined.set()
 
     def make_cluster(self) -> Any:
         """A LocalCluster of ``nb_workers`` processes listening on 127.0.0.1 only."""
@@ -249,14 +257,26 @@ class DaskBackend(Backend):
 
     def _restart_later(self, workers: list[str]) -> None:
         """Restart workers without blocking distributed's callback thread."""
+        threading.Thread(target=self._restart, args=(workers,), daemon=True).start()
 
-        def restart() -> None:
-            try:
-                self.client.restart_workers(workers, raise_for_error=False)
-            except Exception as exc:  # noqa: BLE001 - a worker already gone is fine
-                logger.warning("orchestrix: could not restart %s: %s", workers, exc)
-
-        threading.Thread(target=restart, daemon=True).start()
+    def _restart(self, workers: list[str]) -> None:
+        """Restart workers on the scheduler, where their tasks are first moved off them: a
+        restart we order is no crash, so it must not use up a task's retries."""
+        try:
+            self.client.run_on_scheduler(restart_unblamed, workers)
+            return
+        except Exception as exc:  # noqa: BLE001 - e.g. a remote scheduler without orchestrix
+            if self._closed.is_set():
+                return
+            logger.warning(
+                "orchestrix: restarting %s the plain way (their tasks count it as a crash): %s",
+                workers,
+                exc,
+            )
+        try:
+            self.client.restart_workers(workers, raise_for_error=False)
+        except Exception as exc:  # noqa: BLE001 - a worker already gone is fine
+            logger.warning("orchestrix: could not restart %s: %s", workers, exc)
 
     # -- the stall watchdog -------------------------------------------------------------------
 
@@ -269,9 +289,9 @@ class DaskBackend(Backend):
                 continue  # a result arrived (or we close): all is well
             with self._lock:
                 waiting = bool(self._futures)
-            if not waiting or self._scheduler_moved():
+            if not waiting or not self._joined.is_set() or self._scheduler_moved():
                 self._stalls = 0
-                continue  # intermediate tasks are finishing: not a stall
+                continue  # no worker yet, or intermediate tasks are finishing: not a stall
             self._stalls += 1
             if self._stalls == 1:
                 logger.warning(
@@ -281,7 +301,7 @@ class DaskBackend(Backend):
                 workers = list(self.client.scheduler_info().get("workers", {}))
                 self._restart_later(workers)
             else:
-                self._fail_stalled(limit)
+                self._fail_waiting(functools.partial(_stall_error, limit))
 
     def _scheduler_moved(self) -> bool:
         """Did any task (intermediate ones included) finish since the last look?"""
@@ -293,22 +313,25 @@ class DaskBackend(Backend):
         self._completed = counter
         return bool(moved)
 
-    def _fail_stalled(self, limit: float) -> None:
+    def _fail_waiting(self, error_for: Callable[[WorkUnit], TaskError]) -> None:
+        """Fail every unit that a caller waits for with ``error_for(unit)``, and cancel it."""
         with self._lock:
             entries = [e for group in self._futures.values() for e in group]
             self._futures.clear()
-        self.client.cancel([future for future, _, _ in entries])
+        if entries:
+            self.client.cancel([future for future, _, _ in entries])
         for _, unit, sink in entries:
-            message = (
-                f"no task finished for task_timeout={limit} s, twice, while task {unit.name!r} "
-                f"was waited for (key {unit.key})"
-            )
-            error = StallError(unit.key, unit.name, message)
-            sink(
-                UnitOutcome(
-                    unit, failure=TaskFailure(unit.key, unit.name, error, None, error=error)
-                )
-            )
+            error = error_for(unit)
+            failure = TaskFailure(unit.key, unit.name, error, None, error=error)
+            sink(UnitOutcome(unit, failure=failure))
+
+
+def _stall_error(limit: float, unit: WorkUnit) -> StallError:
+    message = (
+        f"no task finished for task_timeout={limit} s, twice, while task {unit.name!r} "
+        f"was waited for (key {unit.key})"
+    )
+    return StallError(unit.key, unit.name, message)
 
 
 class _Labels:
