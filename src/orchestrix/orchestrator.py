@@ -175,6 +175,9 @@ class Orchestrator(Executor):
         self._check_open()
         deadline = None if timeout is None else time.monotonic() + timeout
         bar = self._progress_bar(progress, _shortest(iterables), "map", "item")
+        name = fn.name if isinstance(fn, TaskFunction) else _name_of(fn)
+        if isinstance(fn, TaskFunction):  # a task mapped directly runs its function
+            fn = fn.func
         plain = chunksize == 1
         if plain:
             window = max(self._backend.capacity(), EXPLICIT_WINDOW)
@@ -185,8 +188,8 @@ class Orchestrator(Executor):
 
         def submit(calls: list[tuple[Any, ...]]) -> Future[Any]:
             if plain:
-                return self._submit_call(fn, calls[0], {})[0]
-            return self._submit_call(call_batch, (fn, calls), {}, _chunk_name(fn))[0]
+                return self._submit_call(fn, calls[0], {}, name)[0]
+            return self._submit_call(call_batch, (fn, calls), {}, f"{name}[chunk]")[0]
 
         def count_items(future: Future[Any], items: int) -> None:
             assert bar is not None
@@ -200,7 +203,7 @@ class Orchestrator(Executor):
             window,
             plain=plain,
             deadline=deadline,
-            name=_name_of(fn.func if isinstance(fn, TaskFunction) else fn),
+            name=name,
             on_batch=None if bar is None else count_items,
         )
         return run.results(None if bar is None else bar.close)
@@ -463,10 +466,6 @@ def _place(out: Any, tile: Any, value: Any, shape: tuple[int, ...]) -> Any:
         out = numpy.empty(shape[:axes] + tuple(value.shape[axes:]), value.dtype)
     out[tile.window] = value
     return out
-
-
-def _chunk_name(fn: Any) -> str:
-    return f"{_name_of(fn)}[chunk]"
 
 
 def _shortest(iterables: tuple[Iterable[Any], ...]) -> int | None:
