@@ -189,6 +189,7 @@ def check_units(graph: Graph, targets: set[str], units: list[WorkUnit], fused: b
             assert consumers[previous.key] == {node.key}
             assert previous.key not in targets
         assert unit.key == unit.tasks[-1].key
+        check_release(unit)
 
     if not fused:
         assert all(len(unit.tasks) == 1 for unit in units)
@@ -204,6 +205,20 @@ def check_units(graph: Graph, targets: set[str], units: list[WorkUnit], fused: b
             continue
         u, position = placement[key]
         assert placement[reader] == (u, position + 1), f"{key} -> {reader} was not fused"
+
+
+def check_release(unit: WorkUnit) -> None:
+    """Each value a unit reads, but its output, is released once, right after its last reader;
+    the output (the only value read outside the unit) never is."""
+    if len(unit.tasks) == 1:
+        assert unit.release == ()
+        return
+    assert len(unit.release) == len(unit.tasks)
+    last_reader = {dep.key: i for i, node in enumerate(unit.tasks) for dep in node.deps}
+    last_reader.pop(unit.key, None)
+    released = {key: i for i, keys in enumerate(unit.release) for key in keys}
+    assert sum(len(keys) for keys in unit.release) == len(released), "a value released twice"
+    assert released == last_reader
 
 
 def plan(targets: list[Delayed], fused: bool) -> tuple[Graph, set[str], list[WorkUnit]]:

@@ -127,7 +127,7 @@ def test_memory_limit_is_enforced_and_not_retried(tmp_path):
 
 def test_recycling_does_not_deadlock():
     with ox.Orchestrator(mode="multiprocessing", nb_workers=3, max_tasks_per_worker=2) as orch:
-        pids = list(orch.map(worker_pid, range(200)))
+        pids = list(orch.map(worker_pid, range(200), chunksize=1))  # a task per call
     assert len(pids) == 200
     assert len(set(pids)) >= 100  # each worker ran at most 2 tasks
 

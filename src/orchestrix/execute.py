@@ -71,7 +71,8 @@ def run_unit(
 ) -> UnitOutcome:
     """Run the tasks of ``unit`` in order; ``inputs`` maps dependency keys to their outputs.
 
-    Intermediate outputs of a fused chain live only in this call. With ``remote=True`` a failure
+    Intermediate outputs of a fused chain live only in this call, each until its last reader
+    has run (``unit.release``). With ``remote=True`` a failure
     carries its formatted traceback, for a process that cannot ship the traceback object.
     ``caller`` runs each task under a profiler; each task's wall time is always measured.
     """
@@ -82,7 +83,8 @@ def run_unit(
     walls = outcome.walls
     clock = time.perf_counter
     value: Any = None
-    for node in unit.tasks:
+    release = unit.release
+    for index, node in enumerate(unit.tasks):
         CURRENT.key = node.key
         begin = clock()
         try:
@@ -100,6 +102,9 @@ def run_unit(
         if growth is not None:
             growth.append(caller.last_growth_mb)  # type: ignore[union-attr]
         values[node.key] = value
+        if release:  # values no later task reads are dropped now, not at the end of the chain
+            for key in release[index]:
+                del values[key]
     CURRENT.key = None
     outcome.value = value
     return outcome

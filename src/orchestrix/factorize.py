@@ -5,6 +5,10 @@ worker. Task T is fused into its consumer C when C is T's only consumer and T is
 dependency, and T's output is not itself requested by the caller. Consumers are counted per task,
 not per output, so a 2-output task that feeds two different consumers is never duplicated.
 
+Each fused unit also carries its release schedule: after which of its tasks each value it holds
+(an input or an intermediate output) has no reader left, so that running the chain holds only
+what its remaining steps need rather than every intermediate value at once.
+
 The function is pure and linear in the size of the graph.
 """
 
@@ -16,15 +20,20 @@ from typing import Any
 
 from .graph import Graph, TaskNode
 
-__all__ = ["WorkUnit", "factorize", "one_unit_per_task"]
+__all__ = ["WorkUnit", "factorize", "one_unit_per_task", "release_schedule"]
 
 
 @dataclass(frozen=True, eq=False, slots=True)
 class WorkUnit:
-    """Tasks run in order in one call; ``deps`` are the keys of the units whose outputs it reads."""
+    """Tasks run in order in one call; ``deps`` are the keys of the units whose outputs it reads.
+
+    ``release[i]`` names the values that no task after task ``i`` reads (see
+    :func:`release_schedule`); empty when there is nothing to release (a single task).
+    """
 
     tasks: tuple[TaskNode, ...]
     deps: tuple[str, ...]
+    release: tuple[tuple[str, ...], ...] = ()
 
     @property
     def key(self) -> str:
@@ -36,6 +45,8 @@ class WorkUnit:
         return self.tasks[-1].name
 
     def __reduce__(self) -> tuple[Any, ...]:  # faster than the slots dataclass default
+        if self.release:
+            return (WorkUnit, (self.tasks, self.deps, self.release))
         return (WorkUnit, (self.tasks, self.deps))
 
     def __repr__(self) -> str:
@@ -72,11 +83,32 @@ def factorize(graph: Graph, targets: Collection[str]) -> list[WorkUnit]:
         chain = [node]
         while chain[-1].key in successor:
             chain.append(successor[chain[-1].key])
-        unit = WorkUnit(tuple(chain), tuple(dep.key for dep in node.deps))
+        tasks = tuple(chain)
+        deps = tuple(dep.key for dep in node.deps)
+        unit = WorkUnit(tasks, deps, release_schedule(tasks) if len(tasks) > 1 else ())
         chain_ending_at[unit.key] = unit
     # Emit each unit where its last task stands in the graph order: that order is topological for
     # units too, since a unit's inputs are outputs of nodes that precede its head.
     return [chain_ending_at[key] for key in graph.nodes if key in chain_ending_at]
+
+
+def release_schedule(tasks: tuple[TaskNode, ...]) -> tuple[tuple[str, ...], ...]:
+    """For each task of a unit, the keys of the values whose last reader in the unit it is.
+
+    The unit's own output (its last task's value) is never released: it is what leaves the
+    worker. No other value of a unit is read outside it: factorize ends a chain at a target and
+    at a task with more than one consumer (a multi-output task counts once, whatever outputs its
+    consumers read), so everything else in a chain is read only by the tasks after it.
+    """
+    last_reader: dict[str, int] = {}
+    for index, node in enumerate(tasks):
+        for dep in node.deps:
+            last_reader[dep.key] = index
+    last_reader.pop(tasks[-1].key, None)
+    schedule: list[list[str]] = [[] for _ in tasks]
+    for key, index in last_reader.items():
+        schedule[index].append(key)
+    return tuple(tuple(keys) for keys in schedule)
 
 
 def _count_consumers(graph: Graph) -> dict[str, int]:

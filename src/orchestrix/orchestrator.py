@@ -39,6 +39,7 @@ from .graph import (
     map_nested,
 )
 from .journal import Journal
+from .mapping import BatchSizer, OrderedMap, call_batch
 from .monitor import RunSummary
 from .progress import ProgressBar, shows, start_progress
 from .runfiles import RunFiles, write_json
@@ -50,6 +51,10 @@ __all__ = ["Orchestrator"]
 
 CONFIG_FILE_NAME = "used_orchestrator.json"
 _CALL_IDS = itertools.count()
+#: ``map`` tasks in flight: with ``chunksize=1`` (at least the backend's capacity) and with
+#: automatic batches (at least, and 4 per worker)
+EXPLICIT_WINDOW = 1024
+AUTO_WINDOW = 8
 
 
 class Orchestrator(Executor):
@@ -178,34 +183,56 @@ class Orchestrator(Executor):
         fn: Callable[..., Any],
         *iterables: Iterable[Any],
         timeout: float | None = None,
-        chunksize: int = 1,
+        chunksize: int | None = None,
         progress: bool | None = None,
     ) -> Iterator[Any]:
         """Like ``Executor.map``: ``fn`` over the items, results in input order.
 
-        Every call is submitted at once. ``chunksize=n`` hands n items to one task, so a long
-        list of small items (or of files) costs n times fewer tasks. ``progress`` shows a
-        progress bar of the items done (default: the ``progress`` key).
+        Items are read as results are taken: a bounded window of tasks is in flight, started at
+        once and refilled as the results are read (leaving the loop early cancels the rest).
+        Without ``chunksize``, tiny calls are batched: batches grow from one call to about
+        50 ms of work, from the call times measured. ``chunksize=n`` hands exactly n items to
+        each task (``chunksize=1``: a task per call). A failed call raises, at its position, a
+        TaskError that names its item. ``progress`` shows a progress bar of the items done
+        (default: the ``progress`` key).
         """
-        if not isinstance(chunksize, int) or chunksize < 1:
-            raise ValueError(f"chunksize must be an int >= 1, got {chunksize!r}")
+        if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
+            raise ValueError(f"chunksize must be an int >= 1 or None, got {chunksize!r}")
         self._check_open()
         deadline = None if timeout is None else time.monotonic() + timeout
-        calls = list(zip(*iterables))  # noqa: B905 - shortest iterable wins, as in Executor.map
-        bar = self._progress_bar(progress, len(calls), "map", "item")
-        if chunksize == 1:
-            jobs = [self._submit_call(fn, call, {}) for call in calls]
+        bar = self._progress_bar(progress, _shortest(iterables), "map", "item")
+        name = fn.name if isinstance(fn, TaskFunction) else _name_of(fn)
+        if isinstance(fn, TaskFunction):  # a task mapped directly runs its function
+            fn = fn.func
+        plain = chunksize == 1
+        if plain:
+            window = max(self._backend.capacity(), EXPLICIT_WINDOW)
+        elif chunksize is None:  # batches of ~50 ms: a few per worker keep them all busy
+            window = max(AUTO_WINDOW, 4 * (getattr(self.config, "nb_workers", None) or 1))
         else:
-            jobs = [
-                self._submit_call(_call_chunk, (fn, calls[i : i + chunksize]), {}, _chunk_name(fn))
-                for i in range(0, len(calls), chunksize)
-            ]
-        if bar is not None:
-            for index, (future, _) in enumerate(jobs):
-                items = min(chunksize, len(calls) - index * chunksize)
-                future.add_internal_callback(functools.partial(bar.on_future, items))
-        ordered = self._results_in_order(jobs, deadline, chunked=chunksize > 1, bar=bar)
-        return self._files.iterate(ordered)
+            window = max(self._backend.capacity(), EXPLICIT_WINDOW // chunksize, AUTO_WINDOW)
+
+        def submit(calls: list[tuple[Any, ...]]) -> CallFuture:
+            if plain:
+                return self._submit_call(fn, calls[0], {}, name)[0]
+            return self._submit_call(call_batch, (fn, calls), {}, f"{name}[chunk]")[0]
+
+        def count_items(future: Future[Any], items: int) -> None:
+            assert bar is not None and isinstance(future, CallFuture)
+            future.add_internal_callback(functools.partial(bar.on_future, items))
+
+        run = OrderedMap(
+            submit,
+            self._cancel_unless_closed,
+            zip(*iterables),  # noqa: B905 - shortest iterable wins, as in Executor.map
+            BatchSizer(chunksize),
+            window,
+            plain=plain,
+            deadline=deadline,
+            name=name,
+            on_batch=None if bar is None else count_items,
+        )
+        return self._files.iterate(run.results(None if bar is None else bar.close))
 
     def map_tiles(
         self,
@@ -402,30 +429,9 @@ class Orchestrator(Executor):
         else:
             future.set_result(value)
 
-    def _results_in_order(
-        self,
-        jobs: list[tuple[CallFuture, int]],
-        deadline: float | None,
-        chunked: bool,
-        bar: ProgressBar | None,
-    ) -> Iterator[Any]:
-        try:
-            for future, _ in jobs:
-                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                try:
-                    value = future.result(remaining)
-                except concurrent.futures.TimeoutError:
-                    raise TimeoutError("map: a result did not arrive before the timeout") from None
-                if chunked:
-                    yield from value
-                else:
-                    yield value
-        finally:
-            unfinished = [future for future, _ in jobs if not future.done()]
-            if unfinished and not self._closed:
-                self._cancel_futures(unfinished)  # the caller stopped early: drop the rest
-            if bar is not None:
-                bar.close()
+    def _cancel_unless_closed(self, futures: list[Future[Any]]) -> None:
+        if not self._closed:
+            self._cancel_futures(futures)
 
     def _run(
         self, targets: list[Delayed], progress: bool | None, description: str
@@ -440,7 +446,7 @@ class Orchestrator(Executor):
         return self._files.iterate(self._engine.run(targets, watch))
 
     def _progress_bar(
-        self, progress: bool | None, total: int, description: str, unit: str
+        self, progress: bool | None, total: int | None, description: str, unit: str
     ) -> ProgressBar | None:
         if not shows(self.config.progress if progress is None else progress):
             return None
@@ -535,12 +541,12 @@ def _place(out: Any, tile: Any, value: Any, shape: tuple[int, ...]) -> Any:
     return out
 
 
-def _chunk_name(fn: Any) -> str:
-    return f"{_name_of(fn)}[chunk]"
-
-
-def _call_chunk(fn: Callable[..., Any], calls: list[tuple[Any, ...]]) -> list[Any]:
-    return [fn(*args) for args in calls]
+def _shortest(iterables: tuple[Iterable[Any], ...]) -> int | None:
+    """How many calls ``zip(*iterables)`` makes, when every iterable has a length."""
+    try:
+        return min((len(it) for it in iterables), default=0)  # type: ignore[arg-type]
+    except TypeError:
+        return None
 
 
 def _name_of(fn: Any) -> str:

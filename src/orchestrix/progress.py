@@ -31,7 +31,7 @@ class ProgressBar:
     """A tqdm bar: tasks done/total, rate, ETA and failures. Fed by the monitor (units of a
     graph) or by futures (calls of ``map``)."""
 
-    def __init__(self, total: int, description: str, unit: str = "task") -> None:
+    def __init__(self, total: int | None, description: str, unit: str = "task") -> None:
         tqdm = _tqdm_class()
         self.failed = 0
         self.units: dict[str, int] = {}  # unit key -> its number of tasks

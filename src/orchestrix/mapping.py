@@ -1,0 +1,213 @@
+"""``Orchestrator.map``: calls read lazily, sent in batches, results in input order.
+
+A task costs the caller tens of microseconds (a node, a job, a future, a record), far more than a
+tiny call; and reading every item up front (``list(zip(*iterables))``) and making a future per call
+costs memory in proportion to the items: a 10,000,000-item map held them all. So the items are read
+as results are taken, a bounded window of batches is in flight, and each batch is one task.
+
+Without a ``chunksize``, batches grow from one call to as many as take about ``TARGET_BATCH_S``,
+from the mean call time the workers measured (joblib's automatic batching does the same). A batch
+whose call raises returns the results before it, so the caller still gets every result up to the
+failing item, and then an error that names that item.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import pickle
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from typing import Any
+
+from .errors import RemoteTraceback, TaskError
+
+__all__ = ["BatchSizer", "ItemFailed", "OrderedMap", "call_batch"]
+
+#: the work an automatic batch aims at: long enough that a task's cost (~50 us in the caller)
+#: is under 1% of it, short enough that the sizes follow the calls and the last batches balance
+TARGET_BATCH_S = 0.05
+#: the most calls in an automatic batch (its arguments and results travel in one message):
+#: beyond ~10,000 tiny calls a batch's task cost is already under 0.01 us a call
+MAX_BATCH = 10_000
+#: the most bytes of arguments and results an automatic batch aims at (estimated from one call)
+MAX_BATCH_BYTES = 4 * 2**20
+
+Call = tuple[Any, ...]
+
+
+class BatchSizer:
+    """How many calls the next batch holds: ``fixed`` (an explicit chunksize), or grown from the
+    measured call times. Growth is at most a doubling per measured batch, so that a few fast first
+    calls cannot make one huge batch of slow ones; shrinking is immediate."""
+
+    def __init__(
+        self, fixed: int | None = None, target_s: float = TARGET_BATCH_S, most: int = MAX_BATCH
+    ) -> None:
+        self.fixed = fixed is not None
+        self.size = fixed if fixed is not None else 1
+        self.target_s = target_s
+        self.most = most
+        self.per_call_s: float | None = None
+
+    def observe(self, calls: int, seconds: float, bytes_per_call: int = 0) -> None:
+        """A batch of ``calls`` calls took ``seconds`` of work in its worker; one of its calls
+        and its result pickle to ``bytes_per_call``."""
+        if self.fixed or calls <= 0:
+            return
+        per_call = seconds / calls
+        # Half the weight on the newest batch: the estimate follows calls whose time drifts.
+        self.per_call_s = per_call if self.per_call_s is None else (self.per_call_s + per_call) / 2
+        ideal = int(self.target_s / max(self.per_call_s, 1e-9))
+        if bytes_per_call:  # big items: a batch's message stays a few MB
+            ideal = min(ideal, MAX_BATCH_BYTES // bytes_per_call)
+        self.size = max(1, min(ideal, 2 * self.size, self.most))
+
+
+class ItemFailed(Exception):
+    """A call of a batch raised: ``index`` in the batch, the ``results`` of the calls before it,
+    the ``exception`` and its formatted traceback (the exception's own traceback does not
+    survive pickling)."""
+
+    def __init__(
+        self, index: int, results: list[Any], exception: BaseException, traceback_text: str
+    ) -> None:
+        super().__init__(f"call {index} of the batch raised {type(exception).__name__}")
+        self.index = index
+        self.results = results
+        self.exception = exception
+        self.traceback_text = traceback_text
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        exception = self.exception
+        try:
+            pickle.dumps(exception)
+        except Exception:  # noqa: BLE001 - whatever makes it unpicklable: keep its text
+            exception = RuntimeError(
+                f"{type(exception).__name__}: {exception} (the exception could not be pickled)"
+            )
+        return (ItemFailed, (self.index, self.results, exception, self.traceback_text))
+
+
+def call_batch(fn: Callable[..., Any], calls: list[Call]) -> tuple[list[Any], float]:
+    """The task of a batch: every call's result, and the seconds the calls took."""
+    results: list[Any] = []
+    append = results.append
+    begin = time.perf_counter()
+    for index, args in enumerate(calls):
+        try:
+            append(fn(*args))
+        except Exception as exc:  # noqa: BLE001 - the item's failure, reported with its place
+            text = "".join(traceback.format_exception(exc))
+            raise ItemFailed(index, results, exc, text) from None
+    return results, time.perf_counter() - begin
+
+
+class OrderedMap:
+    """One ``map`` call: submits batches while fewer than ``window`` are in flight, yields their
+    results in input order, refilling the window as each batch is taken.
+
+    ``submit(calls)`` returns the future of a batch task (of :func:`call_batch`), or with
+    ``plain=True`` the future of the single call ``calls[0]``. ``cancel(futures)`` drops
+    unfinished ones when the caller stops early. ``on_batch(future, calls)`` sees every batch
+    submitted (the progress bar counts its items). ``name`` is the function's, for errors.
+    """
+
+    def __init__(
+        self,
+        submit: Callable[[list[Call]], Future[Any]],
+        cancel: Callable[[list[Future[Any]]], None],
+        calls: Iterator[Call],
+        sizer: BatchSizer,
+        window: int,
+        *,
+        plain: bool = False,
+        deadline: float | None = None,
+        name: str = "",
+        on_batch: Callable[[Future[Any], int], None] | None = None,
+    ) -> None:
+        self._submit, self._cancel, self._calls = submit, cancel, calls
+        self._sizer, self._window, self._plain = sizer, window, plain
+        self._deadline, self._name, self._on_batch = deadline, name, on_batch
+        #: future, first item, number of calls, the batch's first call (to size the next ones)
+        self._jobs: deque[tuple[Future[Any], int, int, Call]] = deque()
+        self._read = 0  # items read from the iterables so far
+        self._exhausted = False
+        self._fill()  # the first batches start now, as Executor.map's calls do
+
+    def _fill(self) -> None:
+        while not self._exhausted and len(self._jobs) < self._window:
+            batch = list(itertools.islice(self._calls, self._sizer.size))
+            if not batch:
+                self._exhausted = True
+                return
+            future = self._submit(batch)
+            if self._on_batch is not None:
+                self._on_batch(future, len(batch))
+            self._jobs.append((future, self._read, len(batch), batch[0]))
+            self._read += len(batch)
+
+    def results(self, done: Callable[[], None] | None = None) -> Iterator[Any]:
+        """The results in input order; ``done()`` is called at the end, however it ends."""
+        try:
+            while self._jobs:
+                future, first, count, sample = self._jobs.popleft()
+                results, seconds, error = self._take(future, first)
+                if seconds is not None and not self._sizer.fixed:
+                    self._sizer.observe(count, seconds, _pickled_size(sample, results[0]))
+                if error is None:
+                    self._fill()  # before yielding: the workers go on while the caller reads
+                yield from results
+                if error is not None:
+                    raise error
+        finally:
+            unfinished = [job[0] for job in self._jobs if not job[0].done()]
+            self._jobs.clear()
+            if unfinished:
+                self._cancel(unfinished)  # the caller stopped early: drop the rest
+            if done is not None:
+                done()
+
+    def _take(
+        self, future: Future[Any], first: int
+    ) -> tuple[list[Any], float | None, TaskError | None]:
+        """A batch's results, the seconds its calls took, and the error of its failed call."""
+        remaining = None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+        try:
+            value = future.result(remaining)
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError("map: a result did not arrive before the timeout") from None
+        except TaskError as error:
+            failed = error.__cause__
+            if not isinstance(failed, ItemFailed):
+                raise
+            return failed.results, None, self._item_error(error, failed, first)
+        if self._plain:
+            return [value], None, None
+        results, seconds = value
+        return results, seconds, None
+
+    def _item_error(self, error: TaskError, failed: ItemFailed, first: int) -> TaskError:
+        exc = failed.exception
+        item = first + failed.index
+        key = f"{error.key}[{failed.index}]"
+        message = (
+            f"task {self._name!r} failed on map item {item}: {type(exc).__name__}: {exc} "
+            f"(key {key}, call {failed.index} of batch task {error.name!r})"
+        )
+        item_error = TaskError(key, self._name, message)
+        if exc.__traceback__ is None and exc.__cause__ is None:  # it came from another process
+            exc.__cause__ = RemoteTraceback(failed.traceback_text)
+        item_error.__cause__ = exc
+        return item_error
+
+
+def _pickled_size(call: Call, result: Any) -> int:
+    """Bytes of one call and its result on the wire (0 when they do not pickle: sequential)."""
+    try:
+        return len(pickle.dumps((call, result), protocol=pickle.HIGHEST_PROTOCOL))
+    except Exception:  # noqa: BLE001 - whatever fails to pickle, it is only an estimate
+        return 0
