@@ -13,6 +13,7 @@ import traceback
 from typing import Any
 
 from distributed import SchedulerPlugin, WorkerPlugin
+from distributed.protocol import dask_deserialize, dask_serialize
 
 from ..errors import TaskTimeoutError
 from ..execute import TaskCaller, TaskFailure, UnitFailed, UnitOutcome, portable_failure
@@ -68,7 +69,8 @@ class Shipped:
         self.label, self.data, self.buffers = label, data, buffers
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Shipped, (self.label, self.data, self.buffers))
+        # dask uses the frames below; a plain pickle (any protocol) copies the buffers
+        return (Shipped, (self.label, self.data, [bytes(memoryview(b)) for b in self.buffers]))
 
     @classmethod
     def pack(cls, label: Label, value: Any) -> Shipped:
@@ -78,6 +80,18 @@ class Shipped:
 
     def load(self) -> Any:
         return pickle.loads(self.data, buffers=self.buffers)
+
+
+@dask_serialize.register(Shipped)
+def _shipped_frames(shipped: Shipped) -> tuple[dict[str, Any], list[Any]]:
+    """dask's transfer of a result: its pickle and its buffers as frames, uncopied."""
+    header = {"key": shipped.label.key, "name": shipped.label.name}
+    return header, [shipped.data, *(memoryview(b) for b in shipped.buffers)]
+
+
+@dask_deserialize.register(Shipped)
+def _shipped_from_frames(header: dict[str, Any], frames: list[Any]) -> Shipped:
+    return Shipped(Label(header["key"], header["name"]), frames[0], list(frames[1:]))
 
 
 def fail_unit_task(failure: bytes, *values: Any) -> Any:
