@@ -11,8 +11,10 @@ import orchestrix as ox
 from orchestrix.backends import AVAILABLE
 from tasks import (
     CustomBaseError,
+    checksum,
     inc,
     kill_worker_once,
+    make_array,
     raise_base_exception,
     record,
     recorded,
@@ -218,3 +220,14 @@ def test_intermediate_progress_is_not_a_stall():
         for _ in range(6):
             node = step(0.6, inc(node))
         assert orch.compute(node) == 6
+
+
+def test_results_that_are_also_inputs_travel_whole_with_their_buffers():
+    # A result leaves its worker pickled by orchestrix, its large buffers out of band: a target
+    # that another target reads, and a submitted result, arrive whole.
+    with cluster() as orch:
+        array = make_array(2**20, 1.5)
+        got, total = orch.compute([array, checksum(array)])
+        assert got.shape == (2**17,) and float(got.sum()) == total == 1.5 * 2**17
+        submitted = orch.submit(make_array, 2**20, 2.0).result()
+        assert submitted.shape == (2**17,) and float(submitted.sum()) == 2.0 * 2**17

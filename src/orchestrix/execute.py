@@ -136,21 +136,27 @@ def resolve(obj: Any, values: Mapping[str, Any]) -> Any:
 
 
 def portable_failure(failure: TaskFailure) -> TaskFailure:
-    """``failure`` made safe to pickle: an exception that cannot be pickled becomes its text."""
+    """``failure`` made safe to pickle: see :func:`portable_exception`."""
+    failure.exception = portable_exception(failure.exception)
+    return failure
+
+
+def portable_exception(exc: BaseException) -> BaseException:
+    """``exc``, or, if it cannot cross to another process, a RuntimeError with its type's name
+    and its message."""
     import pickle
 
-    exc = failure.exception
     try:
         # Rebuilt here, not only pickled: an exception whose __init__ takes other arguments
         # than it passes to BaseException pickles fine and fails in the caller's unpickling.
         pickle.loads(pickle.dumps(exc))
     except BaseException as error:  # noqa: BLE001 - whatever makes it unportable
         kind = type(exc)
-        failure.exception = RuntimeError(
+        return RuntimeError(
             f"{kind.__module__}.{kind.__qualname__}: {exc} (the exception itself could not "
             f"cross to the caller: {type(error).__name__}: {error})"
         )
-    return failure
+    return exc
 
 
 class UnitFailed(Exception):

@@ -24,6 +24,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from .errors import RemoteTraceback, TaskError
+from .execute import portable_exception
 
 __all__ = ["BatchSizer", "ItemFailed", "OrderedMap", "call_batch"]
 
@@ -82,13 +83,7 @@ class ItemFailed(Exception):
         self.traceback_text = traceback_text
 
     def __reduce__(self) -> tuple[Any, ...]:
-        exception = self.exception
-        try:
-            pickle.dumps(exception)
-        except Exception:  # noqa: BLE001 - whatever makes it unpicklable: keep its text
-            exception = RuntimeError(
-                f"{type(exception).__name__}: {exception} (the exception could not be pickled)"
-            )
+        exception = portable_exception(self.exception)
         return (ItemFailed, (self.index, self.results, exception, self.traceback_text))
 
 
@@ -100,7 +95,7 @@ def call_batch(fn: Callable[..., Any], calls: list[Call]) -> tuple[list[Any], fl
     for index, args in enumerate(calls):
         try:
             append(fn(*args))
-        except Exception as exc:  # noqa: BLE001 - the item's failure, reported with its place
+        except BaseException as exc:  # noqa: BLE001 - the item's failure (SystemExit too)
             text = "".join(traceback.format_exception(exc))
             raise ItemFailed(index, results, exc, text) from None
     return results, time.perf_counter() - begin

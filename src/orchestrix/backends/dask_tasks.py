@@ -13,6 +13,7 @@ import traceback
 from typing import Any
 
 from distributed import SchedulerPlugin, WorkerPlugin
+from distributed.protocol import dask_deserialize, dask_serialize
 
 from ..errors import TaskTimeoutError
 from ..execute import TaskCaller, TaskFailure, UnitFailed, UnitOutcome, portable_failure
@@ -26,7 +27,9 @@ __all__ = [
     "Label",
     "MemoryLogger",
     "ObserverPlugin",
+    "Shipped",
     "completed_count",
+    "fail_unit_task",
     "restart_unblamed",
     "run_unit_task",
 ]
@@ -52,13 +55,62 @@ class Label:
         return (Label, (self.key, self.name))
 
 
-def run_unit_task(label: Label, payload: bytes, timeout: float | None, *values: Any) -> Any:
+class Shipped:
+    """A unit's result as its worker pickled it (protocol 5, large buffers out of band).
+
+    A worker pickles a result that leaves it itself, so that a result that cannot be pickled
+    (or that kills the worker while pickled) is that task's failure, not an error of dask's
+    transfer; and dask only ever unpickles these bytes, so that a result that cannot be rebuilt
+    fails in :meth:`load`, in orchestrix's hands, never in distributed's event loop (where a
+    SystemExit would stop the client's IO loop for every later call)."""
+
+    __slots__ = ("buffers", "data", "label")
+
+    def __init__(self, label: Label, data: bytes, buffers: list[Any]) -> None:
+        self.label, self.data, self.buffers = label, data, buffers
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # dask uses the frames below; a plain pickle (any protocol) copies the buffers
+        return (Shipped, (self.label, self.data, [bytes(memoryview(b)) for b in self.buffers]))
+
+    @classmethod
+    def pack(cls, label: Label, value: Any) -> Shipped:
+        buffers: list[pickle.PickleBuffer] = []
+        data = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+        return cls(label, data, buffers)
+
+    def load(self) -> Any:
+        return pickle.loads(self.data, buffers=self.buffers)
+
+
+@dask_serialize.register(Shipped)
+def _shipped_frames(shipped: Shipped) -> tuple[dict[str, Any], list[Any]]:
+    """dask's transfer of a result: its pickle and its buffers as frames, uncopied."""
+    header = {"key": shipped.label.key, "name": shipped.label.name}
+    return header, [shipped.data, *(memoryview(b) for b in shipped.buffers)]
+
+
+@dask_deserialize.register(Shipped)
+def _shipped_from_frames(header: dict[str, Any], frames: list[Any]) -> Shipped:
+    return Shipped(Label(header["key"], header["name"]), frames[0], list(frames[1:]))
+
+
+def fail_unit_task(failure: bytes, *values: Any) -> Any:
+    """A dask task that stands for a unit the caller could not pickle: it fails with the
+    (pickled) failure, so that dask does not run its dependents."""
+    raise UnitFailed(pickle.loads(failure))
+
+
+def run_unit_task(
+    label: Label, payload: bytes, timeout: float | None, ship: bool, *values: Any
+) -> Any:
     """A dask task: run the pickled unit with its dependencies' values (in ``unit.deps`` order).
 
     The unit travels pickled so that a worker that cannot load it (a module missing on the
     cluster) fails this task with a clear error, instead of losing its connection to the
     scheduler while decoding the message. A failing task raises :class:`UnitFailed`, so that
-    dask does not run its dependents and the caller learns which task failed first.
+    dask does not run its dependents and the caller learns which task failed first. With
+    ``ship`` (a result the caller will read) the result leaves :class:`Shipped`.
     """
     try:
         unit: WorkUnit = pickle.loads(payload)
@@ -70,7 +122,7 @@ def run_unit_task(label: Label, payload: bytes, timeout: float | None, *values: 
         raise UnitFailed(
             TaskFailure(label.key, label.name, error, traceback.format_exc())
         ) from None
-    inputs = dict(zip(unit.deps, values, strict=True))
+    inputs = dict(zip(unit.deps, _unshipped(label, values), strict=True))
     if _observer is not None and _observer.settings.out_dir is not None:
         _post(START_TOPIC, [unit.key, _labels(unit), _observer.name, time.time()])
     if timeout is None:
@@ -82,7 +134,32 @@ def run_unit_task(label: Label, payload: bytes, timeout: float | None, *values: 
     if outcome.failure is not None:
         restart = _worker_address() if outcome.failure.error is not None else None
         raise UnitFailed(portable_failure(outcome.failure), restart)
-    return outcome.value
+    return _shipped(label, outcome.value) if ship else outcome.value
+
+
+def _shipped(label: Label, value: Any) -> Any:
+    try:
+        return Shipped.pack(label, value)
+    except BaseException as exc:  # noqa: BLE001 - a SystemExit of a __reduce__ too
+        error = pickle.PicklingError(
+            f"the result of task {label.name!r} could not be pickled: "
+            f"{type(exc).__name__}: {exc} (key {label.key})"
+        )
+        failure = TaskFailure(label.key, label.name, error, traceback.format_exc())
+        raise UnitFailed(portable_failure(failure)) from None
+
+
+def _unshipped(label: Label, values: tuple[Any, ...]) -> list[Any]:
+    """The dependencies' values, rebuilt from those that came :class:`Shipped`."""
+    try:
+        return [value.load() if isinstance(value, Shipped) else value for value in values]
+    except BaseException as exc:  # noqa: BLE001 - a SystemExit of a __reduce__ too
+        error = RuntimeError(
+            f"an input of task {label.name!r} could not be unpickled in the worker: "
+            f"{type(exc).__name__}: {exc} (key {label.key})"
+        )
+        failure = TaskFailure(label.key, label.name, error, traceback.format_exc())
+        raise UnitFailed(portable_failure(failure)) from None
 
 
 def _run_with_timeout(unit: WorkUnit, inputs: dict[str, Any], timeout: float) -> UnitOutcome:

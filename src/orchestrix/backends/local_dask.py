@@ -17,12 +17,14 @@ import functools
 import itertools
 import logging
 import os
+import pickle
 import threading
+import traceback
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ..errors import StallError, TaskError, WorkerCrashedError
-from ..execute import TaskFailure, UnitFailed, UnitOutcome
+from ..execute import TaskFailure, UnitFailed, UnitOutcome, portable_failure
 from ..factorize import WorkUnit
 from ..runcontext import in_this_run
 from ..transfer import dumps_work
@@ -34,7 +36,9 @@ from .dask_tasks import (
     Label,
     MemoryLogger,
     ObserverPlugin,
+    Shipped,
     completed_count,
+    fail_unit_task,
     restart_unblamed,
     run_unit_task,
 )
@@ -173,18 +177,29 @@ class DaskBackend(Backend):
     # -- work ---------------------------------------------------------------------------------
 
     def submit_graph(self, units: list[WorkUnit], targets: list[str], sink: Sink) -> int:
-        timeout = self.config.per_job_timeout
-        graph = {unit.key: (run_unit_task, *_packed(unit), timeout, *unit.deps) for unit in units}
+        wanted = set(targets)
+        graph = {unit.key: (*self._task(unit, unit.key in wanted), *unit.deps) for unit in units}
         futures = self.client.get(graph, targets, sync=False)
         by_key = {unit.key: unit for unit in units}
         return self._watch(list(zip((by_key[key] for key in targets), futures, strict=True)), sink)
 
     def submit(self, unit: WorkUnit, inputs: Mapping[str, Any], sink: Sink) -> int:
         values = [inputs[dep] for dep in unit.deps]
-        future = self.client.submit(
-            run_unit_task, *_packed(unit), self.config.per_job_timeout, *values, pure=False
-        )
+        future = self.client.submit(*self._task(unit, True), *values, pure=False)
         return self._watch([(unit, future)], sink)
+
+    def _task(self, unit: WorkUnit, ship: bool) -> tuple[Any, ...]:
+        """The dask task for ``unit``, without its inputs. The unit is pickled here, by us, so
+        that a function or an argument that cannot be pickled (or raises SystemExit doing so)
+        fails this task, as in the other modes, instead of escaping from dask's client."""
+        label = Label(unit.key, unit.name)
+        try:
+            payload = dumps_work(unit)
+        except KeyboardInterrupt:
+            raise  # the user's Ctrl-C, not the task's fault
+        except BaseException as exc:  # noqa: BLE001 - whatever a __reduce__ raises
+            return (fail_unit_task, _unpicklable(unit, exc))
+        return (run_unit_task, label, payload, self.config.per_job_timeout, ship)
 
     def _watch(self, pairs: list[tuple[WorkUnit, Any]], sink: Sink) -> int:
         job = next(self._ids)
@@ -207,7 +222,8 @@ class DaskBackend(Backend):
 
     def materialize(self, value: Any) -> Any:
         result = getattr(value, "result", None)
-        return result() if callable(result) else value
+        value = result() if callable(result) else value
+        return _unshipped(value) if isinstance(value, Shipped) else value
 
     def _settle(self, job: int, unit: WorkUnit, sink: Sink, future: Any) -> None:
         """Called by distributed, in its callback thread, when a watched future is done."""
@@ -347,5 +363,28 @@ class _Labels:
             self.name, self.tasks = "", tasks_or_name
 
 
-def _packed(unit: WorkUnit) -> tuple[Label, bytes]:
-    return Label(unit.key, unit.name), dumps_work(unit)
+def _unpicklable(unit: WorkUnit, exc: BaseException) -> bytes:
+    """The pickled failure of a unit that the caller could not pickle."""
+    error = pickle.PicklingError(
+        f"task {unit.name!r} could not be sent to a worker: its function or an argument "
+        f"cannot be pickled: {type(exc).__name__}: {exc} (key {unit.key})"
+    )
+    text = "".join(traceback.format_exception(exc))
+    return pickle.dumps(portable_failure(TaskFailure(unit.key, unit.name, error, text)))
+
+
+def _unshipped(shipped: Shipped) -> Any:
+    """A result as its worker pickled it, rebuilt here: a failure is that task's error."""
+    try:
+        return shipped.load()
+    except KeyboardInterrupt:
+        raise  # the user's Ctrl-C, not the result's fault
+    except BaseException as exc:  # a SystemExit of a __reduce__ too
+        key, name = shipped.label.key, shipped.label.name
+        error = TaskError(
+            key,
+            name,
+            f"the result of task {name!r} could not be unpickled: {type(exc).__name__}: {exc} "
+            f"(key {key})",
+        )
+        raise error from exc
