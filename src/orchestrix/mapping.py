@@ -150,7 +150,7 @@ class OrderedMap:
         try:
             while self._jobs:
                 future, first, count, sample = self._jobs.popleft()
-                results, seconds, error = self._take(future, first)
+                results, seconds, error = self._take(future, first, count)
                 if seconds is not None and not self._sizer.fixed:
                     self._sizer.observe(count, seconds, _pickled_size(sample, results[0]))
                 if error is None:
@@ -167,7 +167,7 @@ class OrderedMap:
                 done()
 
     def _take(
-        self, future: Future[Any], first: int
+        self, future: Future[Any], first: int, count: int
     ) -> tuple[list[Any], float | None, TaskError | None]:
         """A batch's results, the seconds its calls took, and the error of its failed call."""
         remaining = None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
@@ -178,12 +178,23 @@ class OrderedMap:
         except TaskError as error:
             failed = error.__cause__
             if not isinstance(failed, ItemFailed):
-                raise
+                raise self._batch_error(error, first, count) from error.__cause__
             return failed.results, None, self._item_error(error, failed, first)
         if self._plain:
             return [value], None, None
         results, seconds = value
         return results, seconds, None
+
+    def _batch_error(self, error: TaskError, first: int, count: int) -> TaskError:
+        """A whole batch failed (it could not be sent, its worker died, its result could not be
+        read): the same error, of the same class, named after the mapped function as a call of
+        it would be, and saying which items it held."""
+        if self._plain or error.name == self._name:
+            return error
+        rebuild, args = error.__reduce__()[:2]
+        where = f"map items {first} to {first + count - 1}, in batch task {error.name!r}"
+        renamed: TaskError = rebuild(args[0], self._name, f"{error} ({where})", *args[3:])
+        return renamed
 
     def _item_error(self, error: TaskError, failed: ItemFailed, first: int) -> TaskError:
         exc = failed.exception
