@@ -16,12 +16,26 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
-from ..errors import WorkerCrashedError
+from ..errors import (
+    StallError,
+    TaskError,
+    TaskTimeoutError,
+    WorkerCrashedError,
+    WorkerMemoryError,
+)
 from ..observe import WorkerSettings
+from .mp_policy import Cause
 from .mp_protocol import Channel, Stop
 from .mp_worker import worker_main
 
-__all__ = ["Launcher", "StopReason", "Worker", "crash_error", "stop_all"]
+__all__ = [
+    "Launcher",
+    "StopReason",
+    "Worker",
+    "crash_error",
+    "interruption_error",
+    "stop_all",
+]
 
 #: seconds a worker gets to exit after SIGTERM before SIGKILL
 TERMINATE_GRACE_SECONDS = 1.0
@@ -220,6 +234,37 @@ def crash_error(worker: Worker, unit: Any) -> WorkerCrashedError:
         f"the worker process running task {unit.name!r} {how} (pid {worker.pid}, key {unit.key})"
     )
     return WorkerCrashedError(unit.key, unit.name, message, code)
+
+
+def interruption_error(worker: Worker, unit: Any, cause: Cause, config: Any) -> TaskError:
+    """The error for a job whose worker ended while running it, by cause."""
+    if cause is Cause.TIMEOUT:
+        limit = config.per_job_timeout
+        message = (
+            f"task {unit.name!r} ran longer than per_job_timeout={limit} s; its worker was "
+            f"killed (key {unit.key})"
+        )
+        return TaskTimeoutError(unit.key, unit.name, message, limit)
+    if cause is Cause.MEMORY:
+        limit = config.max_ram_per_worker
+        message = (
+            f"task {unit.name!r} made its worker use {worker.peak_rss_mb:,.0f} MB, over "
+            f"max_ram_per_worker={limit:,} MB; the worker was killed (key {unit.key})"
+        )
+        return WorkerMemoryError(unit.key, unit.name, message, worker.peak_rss_mb, limit)
+    if cause is Cause.STALL:
+        message = (
+            f"no task finished for task_timeout={config.task_timeout} s, twice, while "
+            f"task {unit.name!r} was running (key {unit.key})"
+        )
+        return StallError(unit.key, unit.name, message)
+    if cause is Cause.CLOSE:
+        return TaskError(
+            unit.key,
+            unit.name,
+            f"task {unit.name!r} did not finish: the orchestrator was closed (key {unit.key})",
+        )
+    return crash_error(worker, unit)
 
 
 def private_rss_mb(pid: int) -> float:

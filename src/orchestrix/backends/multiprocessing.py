@@ -29,10 +29,7 @@ from typing import Any
 
 from ..errors import (
     OrchestrixError,
-    StallError,
     TaskError,
-    TaskTimeoutError,
-    WorkerMemoryError,
 )
 from ..execute import TaskFailure, UnitOutcome
 from ..factorize import WorkUnit
@@ -42,7 +39,7 @@ from . import mp_policy, mp_pool
 from .base import Backend, Sink, worker_settings
 from .mp_ledger import Job, Ledger
 from .mp_policy import MAX_STARTUP_FAILURES, Cause, Verdict
-from .mp_pool import StopReason, Worker, crash_error
+from .mp_pool import StopReason, Worker, crash_error, interruption_error
 from .mp_protocol import JobResult, JobStatus, ResultWindow, RunBatch, StartFailed
 
 __all__ = ["MultiprocessingBackend"]
@@ -50,6 +47,8 @@ __all__ = ["MultiprocessingBackend"]
 logger = logging.getLogger("orchestrix")
 
 MEMORY_SAMPLE_SECONDS = 0.1
+#: how long to wait before trying again to start a worker that could not be started
+RESPAWN_DELAY_SECONDS = 0.2
 #: how long ``close`` waits for the manager to stop the workers (it needs about 2 s at most)
 CLOSE_JOIN_SECONDS = 15.0
 
@@ -72,6 +71,7 @@ class MultiprocessingBackend(Backend):
         self._last_completion = time.monotonic()
         self._next_memory_sample = 0.0
         self._startup = mp_policy.StartupWatch(MAX_STARTUP_FAILURES)
+        self._respawns: list[float] = []  # when to try again to start workers that could not
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
         self._thread: threading.Thread | None = None
@@ -156,13 +156,14 @@ class MultiprocessingBackend(Backend):
         ledger = self._ledger
         try:
             while self._start_error is None and not ledger.closed and ledger.broken is None:
+                self._respawn_due()
                 self._dispatch()
                 self._wait_for_events(self._seconds_to_next_deadline())
                 self._enforce_deadlines()
         except BaseException as exc:
             logger.exception("orchestrix: the worker pool's manager failed")
             message = f"the worker pool's manager failed: {type(exc).__name__}: {exc}"
-            self._break(message, lambda unit: TaskError(unit.key, unit.name, _about(unit, message)))
+            self._break(message, _failing_with(message))
         finally:
             mp_pool.stop_all(self._workers)  # in this thread: see above
             self._workers = []
@@ -178,13 +179,26 @@ class MultiprocessingBackend(Backend):
         self._register(worker.exit_handle, _EXIT, worker)
 
     def _spawn_replacement(self) -> None:
+        """Start a worker; one that cannot be started (out of processes, a forkserver that just
+        died) is tried again shortly, and counts as a worker that could not start."""
         try:
             worker = self._launcher_or_fail().spawn()
         except Exception as exc:  # noqa: BLE001 - e.g. out of processes or descriptors
             message = f"a worker process could not be started: {type(exc).__name__}: {exc}"
-            self._break(message, lambda unit: TaskError(unit.key, unit.name, _about(unit, message)))
+            if self._startup.worker_ended(ran_anything=False, stopped_by_pool=False):
+                self._break(message, _failing_with(message))
+                return
+            logger.warning("orchestrix: %s; trying again", message)
+            self._respawns.append(time.monotonic() + RESPAWN_DELAY_SECONDS)
             return
         self._add_worker(worker)
+
+    def _respawn_due(self) -> None:
+        now = time.monotonic()
+        due = [when for when in self._respawns if when <= now]
+        self._respawns = [when for when in self._respawns if when > now]
+        for _ in due:
+            self._spawn_replacement()
 
     def _register(self, fd: int, kind: str, worker: Worker | None) -> None:
         self._poll.register(fd, _IN)
@@ -392,38 +406,13 @@ class MultiprocessingBackend(Backend):
         retries = self.config.retries
         decided = mp_policy.verdict(cause, job.attempts, retries, job.stalls)
         if decided is Verdict.FAIL:
-            self._settle_error(job, self._interruption_error(worker, job.unit, cause))
+            self._settle_error(job, interruption_error(worker, job.unit, cause, self.config))
             return
         if decided is Verdict.RETRY:
-            error = self._interruption_error(worker, job.unit, cause)
+            error = interruption_error(worker, job.unit, cause, self.config)
             logger.warning("orchestrix: %s; retrying (%d/%d)", error, job.attempts, retries)
         self.monitor.note_retry(job.unit)
         self._ledger.requeue([job])
-
-    def _interruption_error(self, worker: Worker, unit: WorkUnit, cause: Cause) -> TaskError:
-        if cause is Cause.TIMEOUT:
-            limit = self.config.per_job_timeout
-            message = (
-                f"task {unit.name!r} ran longer than per_job_timeout={limit} s; its worker was "
-                f"killed (key {unit.key})"
-            )
-            return TaskTimeoutError(unit.key, unit.name, message, limit)
-        if cause is Cause.MEMORY:
-            limit = self.config.max_ram_per_worker
-            message = (
-                f"task {unit.name!r} made its worker use {worker.peak_rss_mb:,.0f} MB, over "
-                f"max_ram_per_worker={limit:,} MB; the worker was killed (key {unit.key})"
-            )
-            return WorkerMemoryError(unit.key, unit.name, message, worker.peak_rss_mb, limit)
-        if cause is Cause.STALL:
-            message = (
-                f"no task finished for task_timeout={self.config.task_timeout} s, twice, while "
-                f"task {unit.name!r} was running (key {unit.key})"
-            )
-            return StallError(unit.key, unit.name, message)
-        if cause is Cause.CLOSE:
-            return _closed_error(unit)
-        return crash_error(worker, unit)
 
     # -- deadlines ----------------------------------------------------------------------------
 
@@ -437,6 +426,7 @@ class MultiprocessingBackend(Backend):
             deadlines.append(self._last_completion + self.config.task_timeout)
         if busy:
             deadlines.append(self._next_memory_sample)
+        deadlines += self._respawns
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - time.monotonic())
@@ -492,6 +482,10 @@ class MultiprocessingBackend(Backend):
 
     def _settle(self, job: Job, outcome: UnitOutcome) -> None:
         self._ledger.settle(job, outcome)
+
+
+def _failing_with(message: str) -> Callable[[WorkUnit], TaskError]:
+    return lambda unit: TaskError(unit.key, unit.name, _about(unit, message))
 
 
 def _about(unit: WorkUnit, message: str) -> str:
