@@ -313,3 +313,65 @@ def test_close_from_another_thread_ends_a_sequential_compute():
     assert not waiting.is_alive(), "the compute went on after close"
     assert len(errors) == 1 and isinstance(errors[0], ox.TaskError)
     assert "closed" in str(errors[0])
+
+
+CTRL_C = textwrap.dedent(
+    """
+    import time
+    import orchestrix as ox
+
+    @ox.task
+    def nap(x):
+        time.sleep(60)
+        return x
+
+    @ox.task
+    def interrupts_itself(x):
+        raise KeyboardInterrupt("the task's own")
+
+    with ox.Orchestrator(mode="sequential") as orch:
+        try:
+            orch.compute(interrupts_itself(1))
+        except ox.TaskError as error:
+            print("task error:", type(error.__cause__).__name__, flush=True)
+        print("ready", flush=True)
+        try:
+            orch.compute(nap(1))
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("sigint", ["default", "ignored"])
+def test_sequential_tells_a_real_ctrl_c_from_a_tasks_keyboard_interrupt(tmp_path, sigint):
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(CTRL_C)
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests, *sys.path])}
+
+    def ignore_sigint():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # as for a job started in the background
+
+    child = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=ignore_sigint if sigint == "ignored" else None,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "task error: KeyboardInterrupt"
+        assert child.stdout.readline().strip() == "ready"
+        if sigint == "ignored":
+            child.kill()  # no Ctrl-C can reach it: only the first half applies
+            return
+        time.sleep(0.5)  # in the nap
+        child.send_signal(signal.SIGINT)
+        assert child.stdout.readline().strip() == "interrupted"
+        child.wait(30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait(30)

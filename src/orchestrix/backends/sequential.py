@@ -74,7 +74,7 @@ class _CtrlC:
 
     While the orchestrator is open, Python's default SIGINT handler is wrapped to note that the
     signal came. Where it cannot be (not the main thread, a handler of the caller's own), a
-    KeyboardInterrupt in the main thread is taken for a real one."""
+    KeyboardInterrupt in the main thread is taken for a real one, unless SIGINT is ignored."""
 
     def __init__(self) -> None:
         self.seen = False
@@ -101,6 +101,8 @@ class _CtrlC:
             return False
         if self._installed:
             return self.seen
+        if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL, None):
+            return False  # no Ctrl-C can raise it here: the task did
         return threading.current_thread() is threading.main_thread()
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
