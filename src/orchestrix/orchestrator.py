@@ -493,31 +493,20 @@ def _close(
     """Stop the backend (workers write their profiles as they end), then write the run's files,
     settle the journal and the callbacks, and call ``on_run_end``."""
     with files.active():  # from whatever thread (or the exit) the close comes
-        _close_run(backend, callbacks, files, facts, trackers, on_run_end)
-
-
-def _close_run(
-    backend: Backend,
-    callbacks: CallbackThread,
-    files: RunFiles,
-    facts: dict[str, Any],
-    trackers: tuple[EventConsumer, ...],
-    on_run_end: Callable[[RunSummary], Any] | None,
-) -> None:
-    try:
-        backend.close()
-    finally:
-        callbacks.close()  # the callbacks of the calls that the close ended run first
         try:
-            files.finish(backend.monitor, facts)
+            backend.close()
         finally:
-            for tracker in trackers:
-                tracker.close()
-            if on_run_end is not None:
-                try:
-                    on_run_end(backend.monitor.summary())
-                except Exception:  # a notification must not break the close
-                    logging.getLogger("orchestrix").exception("orchestrix: on_run_end raised")
+            callbacks.close()  # the callbacks of the calls that the close ended run first
+            try:
+                files.finish(backend.monitor, facts)
+            finally:
+                for tracker in trackers:
+                    tracker.close()
+                if on_run_end is not None:
+                    try:
+                        on_run_end(backend.monitor.summary())
+                    except Exception:  # a notification must not break the close
+                        logging.getLogger("orchestrix").exception("orchestrix: on_run_end raised")
 
 
 def _describe_config(config: Config) -> str:
