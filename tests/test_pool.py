@@ -288,31 +288,49 @@ def _cmdline(process: psutil.Process) -> list[str]:
         return []
 
 
+_SEQUENTIAL_TASK_RUNNING = threading.Event()
+
+
+@ox.task
+def _signal_then_sleep(seconds, value):
+    _SEQUENTIAL_TASK_RUNNING.set()
+    time.sleep(seconds)
+    return value
+
+
 def test_close_from_another_thread_ends_a_sequential_compute():
+    # The closer waits for a task to be running: closing before the compute starts is
+    # a different case (the compute is refused at once, like a submit after shutdown).
+    _SEQUENTIAL_TASK_RUNNING.clear()
     orch = ox.Orchestrator(mode="sequential")
-    started = threading.Event()
     errors: list[BaseException] = []
 
     def compute():
         try:
-            orch.compute([sleep_for(0.2, i) for i in range(100)])
+            orch.compute([_signal_then_sleep(0.2, i) for i in range(100)])
         except BaseException as exc:  # noqa: BLE001 - what the waiting call got
             errors.append(exc)
 
     def close_soon():
-        started.wait(30)
+        _SEQUENTIAL_TASK_RUNNING.wait(30)
         orch.close()
 
     closer = threading.Thread(target=close_soon)
     closer.start()
     waiting = threading.Thread(target=compute)
     waiting.start()
-    started.set()
     waiting.join(60)
     closer.join(60)
     assert not waiting.is_alive(), "the compute went on after close"
-    assert len(errors) == 1 and isinstance(errors[0], ox.TaskError)
+    assert len(errors) == 1 and isinstance(errors[0], ox.TaskError), errors
     assert "closed" in str(errors[0])
+
+
+def test_a_compute_after_close_is_refused_at_once():
+    orch = ox.Orchestrator(mode="sequential")
+    orch.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        orch.compute([inc(1)])
 
 
 CTRL_C = textwrap.dedent(
