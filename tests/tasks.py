@@ -108,6 +108,28 @@ def recorded(path):
 
 
 @ox.task
+def record_then_sleep(path, seconds, value):
+    """Appends ``value`` to ``path`` (the task has started), then sleeps."""
+    import time
+
+    _append(path, value)
+    time.sleep(seconds)
+    return value
+
+
+def wait_for_records(path, count=1, timeout=60.0):
+    """Waits until ``path`` holds ``count`` records (tasks started somewhere); False if never."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while len(recorded(path)) < count:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@ox.task
 def sleep_for(seconds, value=None):
     import time
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
+import time
 
 import pytest
 
@@ -17,8 +19,10 @@ from tasks import (
     make_array,
     raise_base_exception,
     record,
+    record_then_sleep,
     recorded,
     sleep_for,
+    wait_for_records,
 )
 
 pytestmark = pytest.mark.skipif("local_dask" not in AVAILABLE, reason="no local_dask backend")
@@ -46,6 +50,35 @@ def test_listens_on_localhost_only_and_no_dashboard_by_default():
         assert len(workers) == 2 and all(w.startswith("tcp://127.0.0.1:") for w in workers)
         assert orch._backend.dashboard_link is None
         assert all(w["nthreads"] == 1 for w in workers.values())
+
+
+def test_close_from_another_thread_ends_a_waiting_compute(tmp_path):
+    orch = cluster()
+    errors: list[BaseException] = []
+    started = tmp_path / "started"
+
+    def compute():
+        try:
+            orch.compute([record_then_sleep(started, 60, i) for i in range(4)])
+        except BaseException as exc:  # noqa: BLE001 - what the waiting call got
+            errors.append(exc)
+
+    waiting = threading.Thread(target=compute)
+    waiting.start()
+    try:
+        assert wait_for_records(started, timeout=60), "no task of the compute started"
+        future = orch.submit(time.sleep, 60)
+        closer = threading.Thread(target=orch.close)
+        closer.start()
+        closer.join(60)
+        waiting.join(60)
+        assert not closer.is_alive(), "close did not end"
+        assert not waiting.is_alive(), "the compute went on after close"
+    finally:
+        orch.close()
+    assert len(errors) == 1 and isinstance(errors[0], ox.TaskError), errors
+    assert "closed" in str(errors[0])
+    assert future.cancelled() or isinstance(future.exception(timeout=30), ox.TaskError)
 
 
 def test_dashboard_binds_to_localhost_when_asked():

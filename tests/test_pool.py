@@ -19,7 +19,7 @@ import pytest
 
 import orchestrix as ox
 from orchestrix.backends import multiprocessing as mp_backend
-from tasks import inc, sleep_for
+from tasks import inc, record_then_sleep, sleep_for, wait_for_records
 
 pytestmark = [
     pytest.mark.skipif(
@@ -75,20 +75,22 @@ def test_two_thousand_results_of_a_megabyte():
 
 
 @pytest.mark.parametrize("how", ["close", "shutdown"])
-def test_close_from_another_thread_ends_every_call(how):
+def test_close_from_another_thread_ends_every_call(how, tmp_path):
     orch = pool()
-    futures = [orch.submit(time.sleep, 30) for _ in range(4)]
     errors: list[BaseException] = []
+    started = tmp_path / "started"
 
     def compute():
         try:
-            orch.compute([sleep_for(30, i) for i in range(4)])
+            orch.compute([record_then_sleep(started, 30, i) for i in range(4)])
         except BaseException as exc:  # noqa: BLE001 - what the waiting call got
             errors.append(exc)
 
     waiting = threading.Thread(target=compute)
     waiting.start()
-    time.sleep(1)  # the calls are on their way or running
+    # A close before the compute began would refuse it at once: a different case.
+    assert wait_for_records(started, timeout=60), "no task of the compute started"
+    futures = [orch.submit(time.sleep, 30) for _ in range(4)]  # queued behind the compute
     closer = threading.Thread(
         target=orch.close if how == "close" else lambda: orch.shutdown(wait=False)
     )

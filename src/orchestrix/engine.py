@@ -186,16 +186,30 @@ class _Run:
     ) -> None:
         self.monitor = monitor
         self.store = store
+        # Per unit, the run keeps no container that the cyclic GC must walk unless it holds
+        # something: a million pending units would otherwise make every full collection walk
+        # millions of empty lists (the caller's cost per task grew with the number of tasks).
+        # Counts are ints in dicts of str (untracked); readers exist only for units read;
+        # a target's place is a pair of ints (untracked after a collection), and only a key
+        # asked for more than once has a list of its other places.
         self.units = {unit.key: unit for unit in units}
         self.missing_inputs = {unit.key: len(unit.deps) for unit in units}
-        self.readers: dict[str, list[str]] = {key: [] for key in self.units}
+        self.readers: dict[str, list[str]] = {}
         for unit in units:
             for dep in unit.deps:
-                self.readers[dep].append(unit.key)
+                readers = self.readers.get(dep)
+                if readers is None:
+                    self.readers[dep] = [unit.key]
+                else:
+                    readers.append(unit.key)
         self.unread = {key: len(readers) for key, readers in self.readers.items()}
-        self.targets_at: dict[str, list[tuple[int, int | None]]] = {}
+        self.targets_at: dict[str, tuple[int, int | None]] = {}
+        self.more_places: dict[str, list[tuple[int, int | None]]] = {}
         for position, target in enumerate(targets):
-            self.targets_at.setdefault(target.key, []).append((position, target.index))
+            if target.key not in self.targets_at:
+                self.targets_at[target.key] = (position, target.index)
+            else:
+                self.more_places.setdefault(target.key, []).append((position, target.index))
         self.values: dict[str, Any] = {}
         self.ready = deque(unit for unit in units if not unit.deps)
         self.in_flight: dict[str, int] = {}  # unit key -> backend job id
@@ -241,10 +255,10 @@ class _Run:
 
     def _finish(self, outcome: UnitOutcome, backend: Backend) -> Iterator[tuple[int, Any]]:
         key = outcome.unit.key
-        if self.unread[key]:
+        if key in self.unread:
             self.values[key] = outcome.value
         newly_ready = []
-        for reader in self.readers[key]:
+        for reader in self.readers.get(key, ()):
             self.missing_inputs[reader] -= 1
             if not self.missing_inputs[reader]:
                 newly_ready.append(self.units[reader])
@@ -252,13 +266,14 @@ class _Run:
         yield from self._yield_targets(outcome, backend)
 
     def _yield_targets(self, outcome: UnitOutcome, backend: Backend) -> Iterator[tuple[int, Any]]:
-        places = self.targets_at.get(outcome.unit.key, ())
-        if not places:
+        key = outcome.unit.key
+        first = self.targets_at.get(key)
+        if first is None:
             return
         value = backend.materialize(outcome.value)
         if self.store is not None:  # before the caller sees it: a value seen is a value kept
-            self.store.save(outcome.unit.key, value)
-        for position, index in places:
+            self.store.save(key, value)
+        for position, index in (first, *self.more_places.get(key, ())):
             yield position, value if index is None else value[index]
 
     def _target_error(self, outcome: UnitOutcome) -> TaskError:
@@ -267,9 +282,7 @@ class _Run:
         self.monitor.note_failure(outcome.failure, outcome.failure.worker)
         cause = outcome.failure.error or _task_error(outcome.failure)
         downstream = self._downstream(outcome.unit.key)
-        hit = min(
-            (position, key) for key in downstream for position, _ in self.targets_at.get(key, ())
-        )
+        hit = min((self.targets_at[key][0], key) for key in downstream if key in self.targets_at)
         target_key = hit[1]
         if target_key == cause.key:
             return cause
@@ -289,7 +302,7 @@ class _Run:
         seen = {key}
         order = [key]
         for current in order:  # grows while iterating: a breadth-first walk
-            for reader in self.readers[current]:
+            for reader in self.readers.get(current, ()):
                 if reader not in seen:
                     seen.add(reader)
                     order.append(reader)

@@ -26,7 +26,7 @@ from .backends.base import Backend
 from .callbacks import CallbackTracker, TaskEvent
 from .config import Config, load_config_file, parse_config
 from .engine import Engine, task_error
-from .errors import TaskError
+from .errors import REFUSED_AFTER_CLOSE, TaskError
 from .execute import UnitOutcome
 from .factorize import WorkUnit
 from .futures import CallbackThread, CallFuture
@@ -454,7 +454,7 @@ class Orchestrator(Executor):
 
     def _check_open(self) -> None:
         if self._closed:
-            raise RuntimeError("cannot schedule new work after the orchestrator was closed")
+            raise RuntimeError(REFUSED_AFTER_CLOSE)
 
 
 def _html_row(key: str, cell_html: str) -> str:

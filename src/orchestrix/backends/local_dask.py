@@ -23,7 +23,7 @@ import traceback
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from ..errors import StallError, TaskError, WorkerCrashedError
+from ..errors import StallError, TaskError, WorkerCrashedError, closed_error
 from ..execute import TaskFailure, UnitFailed, UnitOutcome, portable_failure
 from ..factorize import WorkUnit
 from ..runcontext import in_this_run
@@ -151,11 +151,8 @@ class DaskBackend(Backend):
             return
         self._closed.set()
         self._progress.set()
-        with self._lock:
-            futures = [f for group in self._futures.values() for f, _, _ in group]
-            self._futures.clear()
-        if self.client is not None and futures:
-            self.client.cancel(futures)
+        # A compute waiting in another thread ends now, with the error every mode gives.
+        self._fail_waiting(lambda unit: closed_error(unit.key, unit.name))
         if self.client is not None and not self._owns_client:
             self._leave_shared_workers()
         if self._owns_client and self.client is not None:

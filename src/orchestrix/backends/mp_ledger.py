@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from ..errors import OrchestrixError, TaskError
+from ..errors import REFUSED_AFTER_CLOSE, OrchestrixError, TaskError
 from ..execute import TaskFailure, UnitOutcome
 from ..factorize import WorkUnit
 from .base import Sink
@@ -54,7 +54,7 @@ class Ledger:
             if self.broken is not None:
                 raise OrchestrixError(f"the worker pool cannot run tasks: {self.broken}")
             if self.closed:
-                raise RuntimeError("cannot schedule new work after the orchestrator was closed")
+                raise RuntimeError(REFUSED_AFTER_CLOSE)
             self.pending.append(job)
             self._live[job.id] = job
             wake = not self._wake_sent

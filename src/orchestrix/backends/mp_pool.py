@@ -22,6 +22,7 @@ from ..errors import (
     TaskTimeoutError,
     WorkerCrashedError,
     WorkerMemoryError,
+    closed_error,
 )
 from ..observe import WorkerSettings
 from .mp_policy import Cause
@@ -259,11 +260,7 @@ def interruption_error(worker: Worker, unit: Any, cause: Cause, config: Any) -> 
         )
         return StallError(unit.key, unit.name, message)
     if cause is Cause.CLOSE:
-        return TaskError(
-            unit.key,
-            unit.name,
-            f"task {unit.name!r} did not finish: the orchestrator was closed (key {unit.key})",
-        )
+        return closed_error(unit.key, unit.name)
     return crash_error(worker, unit)
 
 

@@ -27,10 +27,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from ..errors import (
-    OrchestrixError,
-    TaskError,
-)
+from ..errors import OrchestrixError, TaskError, closed_error
 from ..execute import TaskFailure, UnitOutcome
 from ..factorize import WorkUnit
 from ..runcontext import in_this_run
@@ -131,7 +128,7 @@ class MultiprocessingBackend(Backend):
             logger.error("orchestrix: the worker pool's manager did not stop; killing its workers")
             for worker in list(self._workers):
                 worker.kill(StopReason.CLOSE)
-        self._ledger.settle_all(_closed_error)
+        self._ledger.settle_all(lambda unit: closed_error(unit.key, unit.name))
         if manager_ended and thread is not threading.current_thread():
             self._release()
 
@@ -490,7 +487,3 @@ def _failing_with(message: str) -> Callable[[WorkUnit], TaskError]:
 
 def _about(unit: WorkUnit, message: str) -> str:
     return f"task {unit.name!r} did not finish: {message} (key {unit.key})"
-
-
-def _closed_error(unit: WorkUnit) -> TaskError:
-    return TaskError(unit.key, unit.name, _about(unit, "the orchestrator was closed"))

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..errors import TaskError
+from ..errors import closed_error
 from ..execute import TaskFailure, UnitOutcome
 from ..factorize import WorkUnit
 from ..observe import ProcessObserver, UsageMeter, run_measured, worker_name
@@ -42,10 +42,7 @@ class SequentialBackend(Backend):
 
     def submit(self, unit: WorkUnit, inputs: Mapping[str, Any], sink: Sink) -> int:
         if self._closed:  # closed from another thread while a compute runs here: it ends now
-            message = (
-                f"task {unit.name!r} did not run: the orchestrator was closed (key {unit.key})"
-            )
-            error = TaskError(unit.key, unit.name, message)
+            error = closed_error(unit.key, unit.name)
             sink(UnitOutcome(unit, failure=TaskFailure(unit.key, unit.name, error, error=error)))
             return next(self._job_ids)
         if self.monitor.trackers:
