@@ -75,7 +75,6 @@ PARAMS = [
     if _applies(backend, stage, expect)
 ]
 
-LOST_RESULT = "local_dask: a finished result lost with its worker may not come back in time"
 GOOD = (0, None, None, None)  # the arguments of a call of `hostile` that does nothing
 
 
@@ -95,6 +94,21 @@ def via_map(orch: ox.Orchestrator, args: tuple) -> object:
 ENTRIES = {"compute": via_compute, "submit": via_submit, "map": via_map}
 
 
+def deadline_for(backend: str, expect: str) -> float:
+    """The deadline of the faulty call. In local_dask a crash may kill the worker that holds
+    the finished result of an earlier call while that result is being fetched: the fetch then
+    waits out distributed's comm timeouts (``distributed.comm.timeouts``, 30 s by default)
+    before dask computes it again (measured: such a call ended after 34 s). That wait
+    is dask's, bounded, and documented in docs/failures.md; a hang still fails."""
+    if backend != "local_dask" or expect != "crash":
+        return DEADLINE
+    import dask.config
+    from dask.utils import parse_timedelta
+
+    timeouts = dask.config.get("distributed.comm.timeouts")
+    return DEADLINE + max(parse_timedelta(timeouts[name]) for name in ("connect", "tcp"))
+
+
 def full_text(error: BaseException) -> str:
     """The error with its chain of causes and their tracebacks (remote ones included)."""
     return "".join(traceback.format_exception(error))
@@ -107,20 +121,12 @@ def got(error: BaseException) -> str:
 @pytest.mark.timeout(4 * DEADLINE + 60)  # a backstop: `within` fails the test first
 @pytest.mark.parametrize("entry", list(ENTRIES))
 @pytest.mark.parametrize(("backend", "stage", "kind", "expect"), PARAMS)
-def test_fault_ends_the_call_with_the_task_error(
-    backend, stage, kind, expect, entry, tmp_path, request
-):
-    if backend == "local_dask" and expect == "crash" and entry == "map":
-        # Known and open (issue 12's note): a batch that kills both workers can take with it
-        # the finished result of the batch before it while dask's callback thread fetches it;
-        # in about 1 full-suite run in 3 dask then did not bring that result back within the
-        # deadline. Run, reported, not yet counted as a failure.
-        request.applymarker(pytest.mark.xfail(reason=LOST_RESULT, strict=False))
+def test_fault_ends_the_call_with_the_task_error(backend, stage, kind, expect, entry, tmp_path):
     log = str(tmp_path / "runs")
     args = (argument_for(stage, kind), stage, kind, log)
     with guarded(**BACKENDS[backend]) as orch:
         with pytest.raises(ox.TaskError) as info:
-            within(DEADLINE, ENTRIES[entry], orch, args)
+            within(deadline_for(backend, expect), ENTRIES[entry], orch, args)
         error = info.value
         assert error.name == hostile.name and hostile.name in str(error), got(error)
         if expect == "crash":
