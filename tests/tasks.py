@@ -129,6 +129,27 @@ def wait_for_records(path, count=1, timeout=60.0):
     return True
 
 
+def compute_in_thread(orch, path, seconds, count=4):
+    """Starts ``orch.compute`` of ``count`` tasks that record themselves in ``path`` and sleep,
+    in a thread, and waits for one to start (a close before the compute began would refuse it at
+    once: another case). Returns the thread and the list that receives what the compute raised.
+    """
+    import threading
+
+    errors = []
+
+    def compute():
+        try:
+            orch.compute([record_then_sleep(path, seconds, i) for i in range(count)])
+        except BaseException as exc:  # noqa: BLE001 - what the waiting call got
+            errors.append(exc)
+
+    thread = threading.Thread(target=compute)
+    thread.start()
+    assert wait_for_records(path, timeout=60), "no task of the compute started"
+    return thread, errors
+
+
 @ox.task
 def sleep_for(seconds, value=None):
     import time

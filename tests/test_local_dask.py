@@ -14,15 +14,14 @@ from orchestrix.backends import AVAILABLE
 from tasks import (
     CustomBaseError,
     checksum,
+    compute_in_thread,
     inc,
     kill_worker_once,
     make_array,
     raise_base_exception,
     record,
-    record_then_sleep,
     recorded,
     sleep_for,
-    wait_for_records,
 )
 
 pytestmark = pytest.mark.skipif("local_dask" not in AVAILABLE, reason="no local_dask backend")
@@ -54,19 +53,8 @@ def test_listens_on_localhost_only_and_no_dashboard_by_default():
 
 def test_close_from_another_thread_ends_a_waiting_compute(tmp_path):
     orch = cluster()
-    errors: list[BaseException] = []
-    started = tmp_path / "started"
-
-    def compute():
-        try:
-            orch.compute([record_then_sleep(started, 60, i) for i in range(4)])
-        except BaseException as exc:  # noqa: BLE001 - what the waiting call got
-            errors.append(exc)
-
-    waiting = threading.Thread(target=compute)
-    waiting.start()
     try:
-        assert wait_for_records(started, timeout=60), "no task of the compute started"
+        waiting, errors = compute_in_thread(orch, tmp_path / "started", 60)
         future = orch.submit(time.sleep, 60)
         closer = threading.Thread(target=orch.close)
         closer.start()

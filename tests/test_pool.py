@@ -19,7 +19,7 @@ import pytest
 
 import orchestrix as ox
 from orchestrix.backends import multiprocessing as mp_backend
-from tasks import inc, record_then_sleep, sleep_for, wait_for_records
+from tasks import compute_in_thread, inc, sleep_for
 
 pytestmark = [
     pytest.mark.skipif(
@@ -77,19 +77,7 @@ def test_two_thousand_results_of_a_megabyte():
 @pytest.mark.parametrize("how", ["close", "shutdown"])
 def test_close_from_another_thread_ends_every_call(how, tmp_path):
     orch = pool()
-    errors: list[BaseException] = []
-    started = tmp_path / "started"
-
-    def compute():
-        try:
-            orch.compute([record_then_sleep(started, 30, i) for i in range(4)])
-        except BaseException as exc:  # noqa: BLE001 - what the waiting call got
-            errors.append(exc)
-
-    waiting = threading.Thread(target=compute)
-    waiting.start()
-    # A close before the compute began would refuse it at once: a different case.
-    assert wait_for_records(started, timeout=60), "no task of the compute started"
+    waiting, errors = compute_in_thread(orch, tmp_path / "started", 30)
     futures = [orch.submit(time.sleep, 30) for _ in range(4)]  # queued behind the compute
     closer = threading.Thread(
         target=orch.close if how == "close" else lambda: orch.shutdown(wait=False)
