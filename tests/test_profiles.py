@@ -14,6 +14,8 @@ import pytest
 
 from orchestrix.__main__ import main
 from orchestrix.errors import OrchestrixError
+from orchestrix.execute import call_task
+from orchestrix.graph import map_nested
 from orchestrix.profiles import (
     C_TASKS,
     MEMRAY_MISSING,
@@ -178,8 +180,9 @@ def test_memray_missing_is_a_clear_error(tmp_path, monkeypatch):
     assert str(info.value) == MEMRAY_MISSING
 
 
-EXECUTE = "/x/src/orchestrix/execute.py"
-GRAPH = "/x/src/orchestrix/graph.py"
+# The files as a worker elsewhere would have them: same package layout, another prefix.
+EXECUTE = "/x/src/" + call_task.__module__.replace(".", "/") + ".py"
+GRAPH = "/x/src/" + map_nested.__module__.replace(".", "/") + ".py"
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,16 @@ from typing import Any, overload
 
 from .tokenize import FunctionToken, tokenize
 
-__all__ = ["Delayed", "Graph", "Ref", "TaskFunction", "TaskNode", "build_graph", "task"]
+__all__ = [
+    "Delayed",
+    "Graph",
+    "Ref",
+    "TaskFunction",
+    "TaskNode",
+    "build_graph",
+    "function_name",
+    "task",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +150,7 @@ class TaskFunction:
             func = func.func
         self.func: Callable[..., Any] = func
         self.nout = nout
-        self.name = name or _function_name(func)
+        self.name = name or function_name(func)
         self.pure = pure
         # The function is hashed once, and again only when it has been rebound (see FunctionToken).
         self._func_token = FunctionToken(func)
@@ -328,8 +337,9 @@ def _replace_delayed(obj: Any, deps: dict[str, TaskNode]) -> Any:
     return map_nested(obj, Delayed, to_ref)
 
 
-def _function_name(func: Any) -> str:
+def function_name(func: Any) -> str:
+    """The name tasks of ``func`` get by default (a partial is named by its function)."""
     if isinstance(func, functools.partial):
-        return _function_name(func.func)
+        return function_name(func.func)
     name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None)
     return name or type(func).__name__

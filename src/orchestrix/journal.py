@@ -242,9 +242,13 @@ class Journal:
             )
 
     def _start_writer(self) -> tuple[subprocess.Popen[bytes] | None, Any]:
-        command = [sys.executable, "-m", "orchestrix.journal_writer", self.path, str(self.run_id)]
+        import orchestrix
+
+        from . import journal_writer
+
+        command = [sys.executable, "-m", journal_writer.__name__, self.path, str(self.run_id)]
         env = dict(os.environ)  # the writer imports this very orchestrix, installed or not
-        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(orchestrix.__file__)))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
         try:
             # Its own session: a Ctrl-C in the terminal is the caller's, the writer finishes.

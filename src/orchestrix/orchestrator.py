@@ -36,6 +36,7 @@ from .graph import (
     TaskNode,
     contains_delayed,
     find_delayed,
+    function_name,
     map_nested,
 )
 from .journal import Journal
@@ -201,7 +202,7 @@ class Orchestrator(Executor):
         self._check_open()
         deadline = None if timeout is None else time.monotonic() + timeout
         bar = self._progress_bar(progress, _shortest(iterables), "map", "item")
-        name = fn.name if isinstance(fn, TaskFunction) else _name_of(fn)
+        name = fn.name if isinstance(fn, TaskFunction) else function_name(fn)
         if isinstance(fn, TaskFunction):  # a task mapped directly runs its function
             fn = fn.func
         plain = chunksize == 1
@@ -253,24 +254,13 @@ class Orchestrator(Executor):
         :class:`~orchestrix.ArraySink` (a .npy file that the workers write into: no output
         travels back) or None (an array is made from the first output). Returns ``out`` (a
         sink's file opened read-only)."""
-        from .tiles import ArraySink, Source, run_tile, source_of
-        from .tiles import tiles as cut
+        from .tiles import plan_tiles
 
-        data, shape = source_of(source)
-        grid = cut(shape, tile_shape, margin)
-        sink = out if isinstance(out, ArraySink) else None
-        if sink is not None:
-            sink.create()
-        name = f"{_name_of(func)}[tile]"
-        tile_task = TaskFunction(run_tile, name=name)
-        targets = [
-            tile_task(func, data if isinstance(data, Source) else data[t.grown], t, sink)
-            for t in grid
-        ]
-        for position, value in self._run(targets, progress, "map_tiles"):
-            if sink is None:
-                out = _place(out, grid[position], value, shape)
-        return sink.open() if sink is not None else out
+        plan = plan_tiles(func, source, tile_shape, margin, out)
+        for position, value in self._run(plan.targets, progress, "map_tiles"):
+            if plan.sink is None:
+                out = _place(out, plan.grid[position], value, plan.shape)
+        return plan.sink.open() if plan.sink is not None else out
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Wait for submitted calls to finish (unless ``wait=False`` or ``cancel_futures``), then
@@ -384,7 +374,7 @@ class Orchestrator(Executor):
         if isinstance(fn, TaskFunction):  # a task submitted directly runs its function
             name, fn = name or fn.name, fn.func
         future = CallFuture(self._callbacks)
-        node = TaskNode.call(fn, name or _name_of(fn), args, kwargs, f"call{next(_CALL_IDS)}")
+        node = TaskNode.call(fn, name or function_name(fn), args, kwargs, f"call{next(_CALL_IDS)}")
         unit = WorkUnit((node,), ())
         if self.monitor.trackers:
             self.monitor.note_registered([unit])
@@ -536,10 +526,6 @@ def _shortest(iterables: tuple[Iterable[Any], ...]) -> int | None:
         return min((len(it) for it in iterables), default=0)  # type: ignore[arg-type]
     except TypeError:
         return None
-
-
-def _name_of(fn: Any) -> str:
-    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
 
 
 def _substitute(structure: Any, values: Iterator[Any]) -> Any:

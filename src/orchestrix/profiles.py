@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import OrchestrixError
+from .execute import call_task
+from .graph import map_nested
 
 __all__ = ["summarize_cprofile", "summarize_memray", "summarize_profiles"]
 
@@ -183,37 +185,48 @@ def _read_capture(memray: Any, path: Path) -> _Capture:
     return capture
 
 
-def _is_orchestrix_file(filename: str, module: str) -> bool:
-    parts = Path(filename).parts
-    return parts[-2:] == ("orchestrix", module)
+def _file_ending(module_name: str) -> tuple[str, ...]:
+    """The last parts of the path of a module's file: ``a.b.c`` ends with ``a/b/c.py``."""
+    *package, leaf = module_name.split(".")
+    return (*package, f"{leaf}.py")
+
+
+# Where memray finds the frames that call tasks and resolve their arguments: read from the
+# functions themselves, so that moving a module cannot silently break the attribution.
+_CALLER_FILE = _file_ending(call_task.__module__)
+_RESOLVER_FILE = _file_ending(map_nested.__module__)
+
+
+def _in_file(filename: str, ending: tuple[str, ...]) -> bool:
+    return Path(filename).parts[-len(ending) :] == ending
 
 
 def _task_of(stack: Sequence[tuple[str, str, int]]) -> tuple[str, str]:
     """The task an allocation happened in, from its Python stack (innermost frame first).
 
-    Every task function is called, directly or through helpers of ``orchestrix/execute.py``,
-    by ``call_task`` of that file: the task is the first frame inside the outermost
-    ``call_task`` that is not in ``execute.py``. Argument resolution (``graph.map_nested``)
-    is orchestrix's, not the task's.
+    Every task function is called, directly or through helpers of its module, by
+    :func:`~orchestrix.execute.call_task`: the task is the first frame inside the outermost
+    ``call_task`` that is not in that module. Argument resolution (``map_nested``) is
+    orchestrix's, not the task's.
     """
     outer = next(
         (
             depth
             for depth in range(len(stack) - 1, -1, -1)
-            if stack[depth][0] == "call_task" and _is_orchestrix_file(stack[depth][1], "execute.py")
+            if stack[depth][0] == call_task.__name__ and _in_file(stack[depth][1], _CALLER_FILE)
         ),
         None,
     )
     if outer is None:
         return (OUTSIDE_TASKS, "")
     for function, filename, _line in reversed(stack[:outer]):
-        if _is_orchestrix_file(filename, "execute.py"):
+        if _in_file(filename, _CALLER_FILE):
             continue
-        if _is_orchestrix_file(filename, "graph.py"):
+        if _in_file(filename, _RESOLVER_FILE):
             return (OUTSIDE_TASKS, "")
         return (function, filename)
-    # the allocation happened in execute.py itself: in call_task, the task was a C function
-    return (C_TASKS, "") if stack[0][0] == "call_task" else (OUTSIDE_TASKS, "")
+    # the allocation happened in call_task itself: the task was a C function
+    return (C_TASKS, "") if stack[0][0] == call_task.__name__ else (OUTSIDE_TASKS, "")
 
 
 def _flamegraph(capture: Path) -> tuple[str | None, str]:

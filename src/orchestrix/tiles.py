@@ -13,13 +13,16 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
+from .graph import Delayed, TaskFunction, function_name
 from .mapped import mapped_file
+from .tokenize import stable_name
 
 __all__ = ["ArraySink", "Tile", "tiles"]
 
 
+@stable_name("orchestrix.tiles.Tile")
 @dataclass(frozen=True)
 class Tile:
     """One tile: ``window`` is its own part of the array; ``grown`` is the window grown by the
@@ -64,6 +67,7 @@ def tiles(
     return found
 
 
+@stable_name("orchestrix.tiles.ArraySink")
 @dataclass(frozen=True)
 class ArraySink:
     """A ``.npy`` file of ``shape`` and ``dtype`` that tile tasks write into, each its window.
@@ -108,6 +112,7 @@ class ArraySink:
         return numpy.load(self.path, mmap_mode="r+" if writable else "r")
 
 
+@stable_name("orchestrix.tiles.Source")
 @dataclass(frozen=True)
 class Source:
     """Where tile tasks read from: a ``.npy`` file or a raw memory-mapped file (by name, so that
@@ -164,11 +169,41 @@ def source_of(source: Any) -> tuple[Any, tuple[int, ...]]:
     )
 
 
+class TilePlan(NamedTuple):
+    """The tasks of a ``map_tiles`` call: one per tile of ``grid``, in its order."""
+
+    targets: list[Delayed]
+    grid: list[Tile]
+    sink: ArraySink | None  # where the tasks write, or None: they return their outputs
+    shape: tuple[int, ...]  # the source's
+
+
+def plan_tiles(
+    func: Callable[[Any], Any],
+    source: Any,
+    tile_shape: int | Sequence[int],
+    margin: int | Sequence[int],
+    out: Any,
+) -> TilePlan:
+    """A task per tile of ``source`` calling ``func`` on its grown window (``map_tiles``).
+    Creates ``out``'s file when it is an :class:`ArraySink`."""
+    data, shape = source_of(source)
+    grid = tiles(shape, tile_shape, margin)
+    sink = out if isinstance(out, ArraySink) else None
+    if sink is not None:
+        sink.create()
+    tile_task = TaskFunction(run_tile, name=f"{function_name(func)}[tile]")
+    by_file = isinstance(data, Source)
+    targets = [tile_task(func, data if by_file else data[t.grown], t, sink) for t in grid]
+    return TilePlan(targets, grid, sink, shape)
+
+
 def _stamp(path: str) -> str:
     stat = os.stat(path)
     return f"{stat.st_mtime_ns}:{stat.st_size}"
 
 
+@stable_name("orchestrix.tiles.run_tile")
 def run_tile(func: Callable[[Any], Any], data: Any, tile: Tile, sink: ArraySink | None) -> Any:
     """A tile's task: ``data`` is the grown window (or a :class:`Source` to read it from); the
     output of ``func`` is cut to the tile's own part, then written to ``sink`` or returned."""

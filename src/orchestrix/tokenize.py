@@ -26,6 +26,10 @@ Rules, and why:
   defaults and closure cells, not by the module globals it reads: module-level code is the
   program, and globals are read when the task runs, not when it is called. Pass a value that
   should be part of the key as an argument.
+- Classes and functions are named by module and qualified name, except orchestrix's own that
+  appear in keys (``Tile``, ``ArraySink``, the tile task): they carry a fixed name
+  (:func:`stable_name`), so that moving them to another module does not change any key, and a
+  resumed run still finds the results stored before the upgrade.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from typing import Any
 
 from .mapped import mapped_file
 
-__all__ = ["FunctionToken", "tokenize"]
+__all__ = ["FunctionToken", "stable_name", "tokenize"]
 
 #: objects walked through ``__reduce_ex__`` in one call before giving up (a reduction that makes
 #: new objects without end would otherwise never finish)
@@ -388,7 +392,26 @@ class _EmptyCell:
 _EMPTY_CELL = _EmptyCell()
 
 
+def stable_name(name: str) -> Callable[[Any], Any]:
+    """Give a class or function a fixed name in keys, whatever module it lives in.
+
+    ``name`` is an identity, not an import path: keys of stored results hold it, so it never
+    changes (changing it changes every key that holds the object). Subclasses are not covered:
+    the name is read from the object's own namespace."""
+
+    def mark(obj: Any) -> Any:
+        obj.__orchestrix_name__ = name
+        return obj
+
+    return mark
+
+
 def _qualified_name(obj: Any) -> str:
+    namespace = getattr(obj, "__dict__", None)
+    if namespace is not None:
+        fixed = namespace.get("__orchestrix_name__")
+        if fixed is not None:
+            return str(fixed)
     module = getattr(obj, "__module__", None) or ""
     name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None) or repr(obj)
     return f"{module}.{name}"

@@ -35,6 +35,8 @@ class Backend(ABC):
     #: True for backends that schedule whole graphs themselves (dask): the engine then calls
     #: :meth:`submit_graph` once instead of handing over ready units
     runs_graphs: bool = False
+    #: the objects besides the config this backend's constructor takes (dask: ``client``)
+    takes: tuple[str, ...] = ()
 
     def submit_graph(self, units: list[WorkUnit], targets: list[str], sink: Sink) -> int:
         """Run every unit (in topological order, deps by key); call ``sink`` with the outcome of

@@ -53,6 +53,7 @@ class DaskBackend(Backend):
     as it is and left running at close."""
 
     runs_graphs = True
+    takes = ("client",)
 
     def __init__(self, config: Any, client: Any = None) -> None:
         super().__init__(config)

@@ -303,7 +303,7 @@ def _acquire_forkserver(context: Any) -> None:
     with _forkserver_lock:
         server: Any = multiprocessing.forkserver._forkserver
         if _forkserver_users == 0 and server._forkserver_pid is None:
-            preload = ["orchestrix.backends.mp_worker"]
+            preload = [worker_main.__module__]
             if "numpy" in sys.modules:
                 preload.append("numpy")
             context.set_forkserver_preload(preload)
