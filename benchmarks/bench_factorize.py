@@ -1,4 +1,4 @@
-"""Cost of chain fusion: ``orchestrix.factorize.factorize`` side by side with dask's fusion.
+"""Cost of chain fusion: ``orchestrix.graph.factorize.factorize`` side by side with dask's fusion.
 
 The graph is made of groups of 25 tasks: 6 independent chains of 4 tasks, and one fan-in task that
 reads the 6 chain ends (the targets). Each chain fuses into one unit and the fan-in task stays its
@@ -29,8 +29,8 @@ import dask
 from dask.optimization import fuse, fuse_linear
 
 import orchestrix as ox
-from orchestrix.factorize import factorize
-from orchestrix.graph import Delayed, Graph, build_graph
+from orchestrix.graph.factorize import factorize
+from orchestrix.graph.tasks import Delayed, Graph, build_graph
 
 SIZES = (10_000, 100_000)
 REPEAT = 5

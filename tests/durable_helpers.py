@@ -15,8 +15,8 @@ import psutil
 
 import orchestrix as ox
 from orchestrix.backends import AVAILABLE
-from orchestrix.journal import JOURNAL_FILE
-from orchestrix.status import read_status
+from orchestrix.journal.journal import JOURNAL_FILE
+from orchestrix.journal.status import read_status
 
 DURABLE = {
     "sequential": {"mode": "sequential"},

@@ -24,8 +24,8 @@ def test_errors_pickle_with_their_fields():
 
 
 def test_remote_traceback_is_chained_as_in_concurrent_futures():
-    from orchestrix.engine import _task_error
-    from orchestrix.execute import TaskFailure
+    from orchestrix.engine.scheduler import _task_error
+    from orchestrix.worker.execute import TaskFailure
 
     failure = TaskFailure(
         "k-1", "k", ValueError("x"), traceback_text="Traceback ...\nValueError: x"

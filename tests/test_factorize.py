@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import orchestrix as ox
-from orchestrix.factorize import WorkUnit, factorize, one_unit_per_task
-from orchestrix.graph import Delayed, Graph, build_graph
+from orchestrix.graph.factorize import WorkUnit, factorize, one_unit_per_task
+from orchestrix.graph.tasks import Delayed, Graph, build_graph
 
 # -- task functions that count their executions ---------------------------------------------------
 

@@ -290,7 +290,7 @@ def test_many_tiny_calls_from_two_threads_all_complete():
 
 
 def test_unavailable_start_method_falls_back_to_spawn_with_a_warning(monkeypatch):
-    from orchestrix.backends import mp_pool
+    from orchestrix.backends.pool import processes as mp_pool
 
     monkeypatch.setattr(mp_pool.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
     with pytest.warns(RuntimeWarning, match="using 'spawn'"), pool("forkserver") as orch:

@@ -10,7 +10,7 @@ import time
 import pytest
 
 import orchestrix as ox
-from orchestrix.backends.jobqueue import job_script, worker_lifetime
+from orchestrix.backends.dask.jobqueue import job_script, worker_lifetime
 from orchestrix.config import parse_config
 from slurm import SKIP_REASON, pbs_wrappers, queued_jobs, slurm_running
 from tasks import fail, inc, sleep_for
@@ -55,7 +55,7 @@ def test_pbs_job_script_and_security_off_warns(tmp_path, monkeypatch):
     assert "#PBS -A p9" in script and "#PBS -l walltime=00:10:00" in script
     assert "tls" not in script
     with pytest.warns(RuntimeWarning, match="security=False"):
-        from orchestrix.backends.jobqueue import JobqueueBackend
+        from orchestrix.backends.dask.jobqueue import JobqueueBackend
 
         backend = JobqueueBackend(config)
         cluster = backend.make_cluster()

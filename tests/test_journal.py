@@ -15,8 +15,8 @@ import pytest
 
 import orchestrix as ox
 from durable_helpers import DURABLE, child_env, counts, kill, rows, spawn, wait_for
-from orchestrix.journal import JOURNAL_FILE
-from orchestrix.status import format_status, read_status
+from orchestrix.journal.journal import JOURNAL_FILE
+from orchestrix.journal.status import format_status, read_status
 from tasks import add, fail, inc, nap, wait_file
 
 # -- the journal ---------------------------------------------------------------------------------
@@ -206,9 +206,9 @@ def test_status_command(tmp_path):
 
 
 def test_journal_codec_round_trip():
-    from orchestrix.factorize import WorkUnit
-    from orchestrix.graph import TaskNode
-    from orchestrix.journal_codec import ENCODERS, decode
+    from orchestrix.graph.factorize import WorkUnit
+    from orchestrix.graph.tasks import TaskNode
+    from orchestrix.journal.codec import ENCODERS, decode
 
     def unit(*keys):
         return WorkUnit(tuple(TaskNode.call(len, f"n{key}", (), {}, key) for key in keys), ())
@@ -245,7 +245,7 @@ def test_journal_codec_round_trip():
 
 
 def test_journal_written_in_the_caller_without_a_writer_process(tmp_path, monkeypatch, caplog):
-    from orchestrix import journal
+    from orchestrix.journal import journal
 
     def no_process(*args, **kwargs):
         raise OSError("no python here")

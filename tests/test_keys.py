@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import orchestrix as ox
-from orchestrix.tokenize import tokenize
+from orchestrix.graph.tokenize import tokenize
 from tasks import add, describe, inc
 
 SCRIPT = """
@@ -359,7 +359,7 @@ GOLDEN_TILE_KEYS = {
 def test_map_tiles_keys_do_not_change_when_modules_move(monkeypatch):
     import operator
 
-    from orchestrix.tiles import ArraySink, Source, plan_tiles
+    from orchestrix.graph.tiles import ArraySink, Source, plan_tiles
 
     monkeypatch.setattr(ArraySink, "create", lambda self: None)  # no file: keys only
     data = np.arange(48, dtype="float32").reshape(6, 8)

@@ -13,7 +13,7 @@ from tasks import inc, square
 
 def test_import_does_not_load_heavy_modules():
     code = (
-        "import sys, orchestrix, orchestrix.config, orchestrix.graph;"
+        "import sys, orchestrix, orchestrix.config, orchestrix.graph.tasks;"
         "heavy = [m for m in ('dask', 'distributed', 'dask_jobqueue', 'memray')"
         " if m in sys.modules];"
         "print(','.join(heavy))"

@@ -127,9 +127,9 @@ def test_a_task_raising_a_base_exception_fails_with_its_task_error_run_once(
 
 @pytest.mark.timeout(60)
 def test_an_escape_from_the_timeout_thread_is_not_a_timeout(monkeypatch):
-    from orchestrix.backends import dask_tasks
-    from orchestrix.factorize import WorkUnit
-    from orchestrix.graph import TaskNode
+    from orchestrix.backends.dask import tasks as dask_tasks
+    from orchestrix.graph.factorize import WorkUnit
+    from orchestrix.graph.tasks import TaskNode
 
     def escape(unit, inputs):
         raise KeyboardInterrupt("escaped the run")

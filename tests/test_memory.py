@@ -11,9 +11,9 @@ import pytest
 
 import orchestrix as ox
 from conftest import BACKENDS
-from orchestrix.factorize import factorize
-from orchestrix.graph import build_graph
-from orchestrix.mapping import BatchSizer
+from orchestrix.engine.mapping import BatchSizer
+from orchestrix.graph.factorize import factorize
+from orchestrix.graph.tasks import build_graph
 from tasks import inc, raise_on, sleep_for, square
 
 ARRAY_MB = 8
@@ -183,7 +183,7 @@ def test_a_run_keeps_no_container_per_pending_unit_for_the_collector_to_walk() -
     # pending task, now 4: the caller's Delayed and TaskNode, the WorkUnit and its tuple).
     import gc
 
-    from orchestrix.engine import _Run
+    from orchestrix.engine.scheduler import _Run
 
     targets = [inc(i) for i in range(10_000)]
     units = factorize(build_graph(targets), {t.key for t in targets})

@@ -15,8 +15,8 @@ import pytest
 
 import orchestrix as ox
 from orchestrix import atomic
-from orchestrix.store import RESULTS_DIR
-from orchestrix.transfer import Dumper
+from orchestrix.engine.store import RESULTS_DIR
+from orchestrix.worker.transfer import Dumper
 
 BIG = 300_000  # float64 items: 2.4 MB, more than the small disks below hold
 

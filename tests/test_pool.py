@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 import orchestrix as ox
-from orchestrix.backends import multiprocessing as mp_backend
+from orchestrix.backends.pool import manager as mp_backend
 from tasks import compute_in_thread, inc, sleep_for
 
 pytestmark = [

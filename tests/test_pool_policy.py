@@ -1,4 +1,4 @@
-"""The pool's tuned rules, without processes (orchestrix.backends.mp_policy)."""
+"""The pool's tuned rules, without processes (orchestrix.backends.pool.policy)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from orchestrix.backends import mp_policy
-from orchestrix.backends.mp_policy import Cause, StartupWatch, Verdict, verdict
+from orchestrix.backends.pool import policy as mp_policy
+from orchestrix.backends.pool.policy import Cause, StartupWatch, Verdict, verdict
 
 
 def test_batches_grow_to_keep_a_worker_busy_for_the_batch_time():

@@ -1,5 +1,5 @@
-"""Profile summaries (orchestrix.profiles), from real cProfile files and memray captures written
-the way the workers write them, without going through the Orchestrator."""
+"""Profile summaries (orchestrix.reports.profiles), from real cProfile files and memray captures
+written the way the workers write them, without going through the Orchestrator."""
 
 from __future__ import annotations
 
@@ -14,9 +14,8 @@ import pytest
 
 from orchestrix.__main__ import main
 from orchestrix.errors import OrchestrixError
-from orchestrix.execute import call_task
-from orchestrix.graph import map_nested
-from orchestrix.profiles import (
+from orchestrix.graph.tasks import map_nested
+from orchestrix.reports.profiles import (
     C_TASKS,
     MEMRAY_MISSING,
     OUTSIDE_TASKS,
@@ -24,6 +23,7 @@ from orchestrix.profiles import (
     summarize_cprofile,
     summarize_memray,
 )
+from orchestrix.worker.execute import call_task
 
 MiB = 2**20
 
@@ -80,8 +80,8 @@ WORKER_SCRIPT = textwrap.dedent(
     """
     import os, socket, sys
     import memray
-    from orchestrix.execute import call_task
-    from orchestrix.graph import TaskNode
+    from orchestrix.worker.execute import call_task
+    from orchestrix.graph.tasks import TaskNode
 
     KEEP = []  # what the tasks allocate stays live until the process's peak
 

@@ -1,4 +1,4 @@
-"""The HTML run report (orchestrix.report) and ``python -m orchestrix report``, on synthetic
+"""The HTML run report (orchestrix.reports.report) and ``python -m orchestrix report``, on synthetic
 run data; tests/test_report_browser.py opens the same report in a real browser."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import pytest
 
 from orchestrix.__main__ import main
 from orchestrix.errors import OrchestrixError
-from orchestrix.report import load_run_data, render_report, write_report
-from orchestrix.report_charts import MAX_RECTS
+from orchestrix.reports.charts import MAX_RECTS
+from orchestrix.reports.report import load_run_data, render_report, write_report
 from report_data import synthetic_run
 
 EVIL = "<script>alert(1)</script>"

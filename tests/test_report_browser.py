@@ -40,7 +40,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from orchestrix.report import render_report
+from orchestrix.reports.report import render_report
 from report_data import NAMES, synthetic_run
 
 BROWSER = next(

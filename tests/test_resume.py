@@ -25,7 +25,7 @@ from durable_helpers import (
     stored,
     wait_for,
 )
-from orchestrix.store import ResultStore
+from orchestrix.engine.store import ResultStore
 from tasks import add, fail, inc, record, recorded
 
 # -- canary --------------------------------------------------------------------------------------

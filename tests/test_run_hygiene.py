@@ -16,9 +16,9 @@ import psutil
 import pytest
 
 import orchestrix as ox
-from orchestrix import journal
-from orchestrix.backends import mp_pool
-from orchestrix.journal import JOURNAL_FILE, Journal
+from orchestrix.backends.pool import processes as mp_pool
+from orchestrix.journal import journal
+from orchestrix.journal.journal import JOURNAL_FILE, Journal
 from tasks import crash_once, inc
 
 MP = {"mode": "multiprocessing", "nb_workers": 2}

@@ -3,11 +3,19 @@
 ``import orchestrix`` is light: backends (and dask) are imported only when their mode is used.
 """
 
+# The layers, each importing only those below it (docs/architecture.md draws them):
+#   orchestrator.py    the facade: Orchestrator, its session (backend, store, journal, files)
+#   engine/            the caller side of a run: ready units out, outcomes in; futures; store
+#   backends/          how units run: sequential, pool/ (multiprocessing, auto), dask/
+#   monitoring/ journal/ reports/   what is recorded of a run, durably, and shown to people
+#   worker/            what runs inside any worker: execute a unit, observe it, move its data
+#   graph/             pure: tasks, keys, fusion, tiles
+#   config.py sizing.py errors.py failures.py   pure: validated configs, sizing, the errors
+
 from __future__ import annotations
 
 import logging
 
-from .callbacks import TaskEvent
 from .config import (
     AutoConfig,
     Config,
@@ -32,10 +40,12 @@ from .errors import (
     WorkerCrashedError,
     WorkerMemoryError,
 )
-from .graph import Delayed, TaskFunction, task
+from .graph.tasks import Delayed, TaskFunction, task
+from .graph.tiles import ArraySink, Tile, tiles
+from .graph.tokenize import tokenize
+from .monitoring.callbacks import TaskEvent
+from .monitoring.monitor import NameStats, RunSummary
 from .orchestrator import Orchestrator
-from .tiles import ArraySink, Tile, tiles
-from .tokenize import tokenize
 
 __version__ = "0.1.0"
 
@@ -49,12 +59,14 @@ __all__ = [
     "DiskFullError",
     "LocalDaskConfig",
     "MultiprocessingConfig",
+    "NameStats",
     "NoWorkerError",
     "Orchestrator",
     "OrchestrixError",
     "PbsDaskConfig",
     "ProfilingConfig",
     "RemoteTraceback",
+    "RunSummary",
     "SequentialConfig",
     "SlurmDaskConfig",
     "StallError",

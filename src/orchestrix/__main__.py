@@ -69,7 +69,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from .status import format_status, read_status
+    from .journal.status import format_status, read_status
 
     status = read_status(args.out_dir)
     print(json.dumps(status, indent=2) if args.json else format_status(status))
@@ -77,7 +77,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _profile(args: argparse.Namespace) -> int:
-    from .profiles import summarize_profiles
+    from .reports.profiles import summarize_profiles
 
     for path in summarize_profiles(args.out_dir):
         print(path)
@@ -87,7 +87,7 @@ def _profile(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     import os
 
-    from .report import load_run_data, write_report
+    from .reports.report import load_run_data, write_report
 
     data = load_run_data(args.out_dir)  # before choosing a path: no report without a run
     path = args.output or os.path.join(args.out_dir, "report.html")
@@ -136,7 +136,7 @@ def _plan(args: argparse.Namespace) -> int:
         line = f"{key} = {json.dumps(value)}"
         print(f"{line}  # {reasons[key]}" if key in reasons else line)
     if config.mode in ("slurm_dask", "pbs_dask"):
-        from .backends.jobqueue import job_script  # dask only for the cluster modes
+        from .backends.dask.jobqueue import job_script  # dask only for the cluster modes
 
         jobs = getattr(config, "nb_workers", "?")
         print(f"\n# the job script each of the {jobs} worker jobs runs (not submitted):")

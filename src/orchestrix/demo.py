@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .graph import task
+from .graph.tasks import task
 from .orchestrator import Orchestrator
 
 

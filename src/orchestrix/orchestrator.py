@@ -23,14 +23,14 @@ from typing import Any
 
 from .backends import create_backend, create_backend_class
 from .backends.base import Backend
-from .callbacks import CallbackTracker, TaskEvent
 from .config import Config, load_config_file, parse_config
-from .engine import Engine, task_error
+from .engine.futures import CallbackThread, CallFuture
+from .engine.mapping import BatchSizer, OrderedMap, call_batch
+from .engine.scheduler import Engine, task_error
+from .engine.store import RESULTS_DIR, ResultStore
 from .errors import REFUSED_AFTER_CLOSE, TaskError
-from .execute import UnitOutcome
-from .factorize import WorkUnit
-from .futures import CallbackThread, CallFuture
-from .graph import (
+from .graph.factorize import WorkUnit
+from .graph.tasks import (
     Delayed,
     TaskFunction,
     TaskNode,
@@ -39,14 +39,14 @@ from .graph import (
     function_name,
     map_nested,
 )
-from .journal import Journal
-from .mapping import BatchSizer, OrderedMap, call_batch
-from .monitor import RunSummary
-from .progress import ProgressBar, shows, start_progress
-from .runfiles import RunFiles, write_json
+from .journal.journal import Journal
+from .monitoring.callbacks import CallbackTracker, TaskEvent
+from .monitoring.events import EventConsumer
+from .monitoring.monitor import RunSummary
+from .monitoring.progress import ProgressBar, shows, start_progress
+from .reports.runfiles import RunFiles, write_json
 from .sizing import resolve_pool_config
-from .store import RESULTS_DIR, ResultStore
-from .tracking import EventConsumer
+from .worker.execute import UnitOutcome
 
 __all__ = ["Orchestrator"]
 
@@ -254,7 +254,7 @@ class Orchestrator(Executor):
         :class:`~orchestrix.ArraySink` (a .npy file that the workers write into: no output
         travels back) or None (an array is made from the first output). Returns ``out`` (a
         sink's file opened read-only)."""
-        from .tiles import plan_tiles
+        from .graph.tiles import plan_tiles
 
         plan = plan_tiles(func, source, tile_shape, margin, out)
         for position, value in self._run(plan.targets, progress, "map_tiles"):
@@ -302,7 +302,7 @@ class Orchestrator(Executor):
         """Write the run's HTML report (timeline, memory, durations, failures); return its path.
 
         The default path is ``out_dir/report.html`` (``report.html`` without ``out_dir``)."""
-        from .report import write_report
+        from .reports.report import write_report
 
         if path is None:
             path = os.path.join(self.config.out_dir or ".", "report.html")

@@ -18,19 +18,19 @@ def _sequential() -> type[Backend]:
 
 
 def _pool() -> type[Backend]:
-    from .multiprocessing import MultiprocessingBackend
+    from .pool.manager import MultiprocessingBackend
 
     return MultiprocessingBackend
 
 
 def _local_dask() -> type[Backend]:
-    from .local_dask import DaskBackend
+    from .dask.backend import DaskBackend
 
     return DaskBackend
 
 
 def _jobqueue() -> type[Backend]:
-    from .jobqueue import JobqueueBackend
+    from .dask.jobqueue import JobqueueBackend
 
     return JobqueueBackend
 

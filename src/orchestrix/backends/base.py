@@ -13,10 +13,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from ..execute import UnitOutcome
-from ..factorize import WorkUnit
-from ..monitor import Monitor
-from ..observe import WorkerSettings
+from ..graph.factorize import WorkUnit
+from ..monitoring.monitor import Monitor
+from ..worker.execute import UnitOutcome
+from ..worker.observe import WorkerSettings
 
 __all__ = ["Backend", "Sink", "worker_settings"]
 

@@ -15,9 +15,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..errors import closed_error
-from ..execute import TaskFailure, UnitOutcome
-from ..factorize import WorkUnit
-from ..observe import ProcessObserver, UsageMeter, run_measured, worker_name
+from ..graph.factorize import WorkUnit
+from ..worker.execute import TaskFailure, UnitOutcome
+from ..worker.observe import ProcessObserver, UsageMeter, run_measured, worker_name
 from .base import Backend, Sink, worker_settings
 
 __all__ = ["SequentialBackend"]

@@ -16,8 +16,8 @@ import re
 import sys
 from typing import IO, Any
 
-from .atomic import TEMPORARY_SUFFIX, write_atomically
-from .errors import OrchestrixError
+from ..atomic import TEMPORARY_SUFFIX, write_atomically
+from ..errors import OrchestrixError
 
 __all__ = ["RESULTS_DIR", "ResultStore"]
 

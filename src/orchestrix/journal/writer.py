@@ -21,8 +21,8 @@ import sys
 import time
 from typing import Any
 
+from .codec import decode
 from .journal import DONE, FAILED, KILLED, REGISTERED, RUNNING, TESTING, connect
-from .journal_codec import decode
 
 __all__ = ["JournalWriter", "main"]
 

@@ -28,10 +28,10 @@ import time
 import warnings
 from typing import Any
 
-from ..errors import NoWorkerError, OrchestrixError
-from ..factorize import WorkUnit
-from .base import Sink
-from .local_dask import DaskBackend
+from ...errors import NoWorkerError, OrchestrixError
+from ...graph.factorize import WorkUnit
+from ..base import Sink
+from .backend import DaskBackend
 
 __all__ = ["JobqueueBackend", "cluster_options", "job_script", "worker_lifetime"]
 

@@ -20,7 +20,7 @@ import tracemalloc
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .execute import CURRENT, TaskCaller, UnitOutcome, call_task, run_unit
 
 __all__ = [

@@ -31,9 +31,9 @@ import threading
 import time
 from typing import Any
 
-from .errors import OrchestrixError
-from .journal_codec import ENCODERS, decode
-from .runcontext import in_this_run
+from ..errors import OrchestrixError
+from ..runcontext import in_this_run
+from .codec import ENCODERS, decode
 
 __all__ = ["JOURNAL_FILE", "STATES", "Journal", "connect", "run_is_alive", "unusable_journal"]
 
@@ -244,7 +244,7 @@ class Journal:
     def _start_writer(self) -> tuple[subprocess.Popen[bytes] | None, Any]:
         import orchestrix
 
-        from . import journal_writer
+        from . import writer as journal_writer
 
         command = [sys.executable, "-m", journal_writer.__name__, self.path, str(self.run_id)]
         env = dict(os.environ)  # the writer imports this very orchestrix, installed or not
@@ -256,7 +256,7 @@ class Journal:
                 command, stdin=subprocess.PIPE, env=env, start_new_session=True
             )
         except OSError as exc:
-            from .journal_writer import JournalWriter
+            from .writer import JournalWriter
 
             logger.warning("orchestrix: journal written in the caller (no writer process: %s)", exc)
             return None, JournalWriter(self.path, self.run_id)

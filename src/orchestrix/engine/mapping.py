@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
-from .errors import RemoteTraceback, TaskError
-from .execute import portable_exception
+from ..errors import RemoteTraceback, TaskError
+from ..worker.execute import portable_exception
 
 __all__ = ["BatchSizer", "ItemFailed", "OrderedMap", "call_batch"]
 

@@ -29,8 +29,8 @@ from typing import IO, Any
 
 import cloudpickle  # type: ignore[import-untyped]
 
-from .atomic import write_atomically
-from .graph import TaskFunction, map_nested
+from ..atomic import write_atomically
+from ..graph.tasks import TaskFunction, map_nested
 
 __all__ = [
     "DUMP_THRESHOLD",

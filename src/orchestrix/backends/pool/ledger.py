@@ -15,10 +15,10 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from ..errors import REFUSED_AFTER_CLOSE, OrchestrixError, TaskError
-from ..execute import TaskFailure, UnitOutcome
-from ..factorize import WorkUnit
-from .base import Sink
+from ...errors import REFUSED_AFTER_CLOSE, OrchestrixError, TaskError
+from ...graph.factorize import WorkUnit
+from ...worker.execute import TaskFailure, UnitOutcome
+from ..base import Sink
 
 __all__ = ["Job", "Ledger"]
 

@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
-from ..errors import (
+from ...errors import (
     StallError,
     TaskError,
     TaskTimeoutError,
@@ -24,10 +24,10 @@ from ..errors import (
     WorkerMemoryError,
     closed_error,
 )
-from ..observe import WorkerSettings
-from .mp_policy import Cause
-from .mp_protocol import Channel, Stop
-from .mp_worker import worker_main
+from ...worker.observe import WorkerSettings
+from .child import worker_main
+from .policy import Cause
+from .protocol import Channel, Stop
 
 __all__ = [
     "Launcher",

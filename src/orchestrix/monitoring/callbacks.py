@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .tracking import Tracker
+from .events import Tracker
 
 __all__ = ["CallbackTracker", "TaskEvent"]
 

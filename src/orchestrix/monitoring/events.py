@@ -22,7 +22,7 @@ import queue
 import threading
 from typing import Any, Protocol
 
-from .runcontext import in_this_run
+from ..runcontext import in_this_run
 
 __all__ = ["EventConsumer", "Tracker"]
 

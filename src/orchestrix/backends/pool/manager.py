@@ -27,17 +27,17 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from ..errors import OrchestrixError, TaskError, closed_error
-from ..execute import TaskFailure, UnitOutcome
-from ..factorize import WorkUnit
-from ..runcontext import in_this_run
-from ..transfer import create_dump_dir, dumps_work, materialize
-from . import mp_policy, mp_pool
-from .base import Backend, Sink, worker_settings
-from .mp_ledger import Job, Ledger
-from .mp_policy import MAX_STARTUP_FAILURES, Cause, Verdict
-from .mp_pool import StopReason, Worker, crash_error, interruption_error
-from .mp_protocol import JobResult, JobStatus, ResultWindow, RunBatch, StartFailed
+from ...errors import OrchestrixError, TaskError, closed_error
+from ...graph.factorize import WorkUnit
+from ...runcontext import in_this_run
+from ...worker.execute import TaskFailure, UnitOutcome
+from ...worker.transfer import create_dump_dir, dumps_work, materialize
+from ..base import Backend, Sink, worker_settings
+from . import policy, processes
+from .ledger import Job, Ledger
+from .policy import MAX_STARTUP_FAILURES, Cause, Verdict
+from .processes import StopReason, Worker, crash_error, interruption_error
+from .protocol import JobResult, JobStatus, ResultWindow, RunBatch, StartFailed
 
 __all__ = ["MultiprocessingBackend"]
 
@@ -67,14 +67,14 @@ class MultiprocessingBackend(Backend):
         self._mean_seconds: float | None = None
         self._last_completion = time.monotonic()
         self._next_memory_sample = 0.0
-        self._startup = mp_policy.StartupWatch(MAX_STARTUP_FAILURES)
+        self._startup = policy.StartupWatch(MAX_STARTUP_FAILURES)
         self._respawns: list[float] = []  # when to try again to start workers that could not
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
         self._start_error: BaseException | None = None
-        self._launcher: mp_pool.Launcher | None = None
+        self._launcher: processes.Launcher | None = None
         self.dump_dir: str | None = None
 
     # -- the Backend contract -----------------------------------------------------------------
@@ -84,7 +84,7 @@ class MultiprocessingBackend(Backend):
             needed = int(self.nb_workers * self.config.max_ram_per_worker * 2**20)
             self.dump_dir = create_dump_dir(self.config.dump_dir, self.config.out_dir, needed)
         settings = worker_settings(self.config)
-        self._launcher = mp_pool.Launcher(self.config.mp_mode, self.dump_dir, settings)
+        self._launcher = processes.Launcher(self.config.mp_mode, self.dump_dir, settings)
         self._register(self._wake_read, _WAKE, None)
         # The manager thread starts the workers: each dies with the thread that started it (the
         # parent-death signal), so that must be a thread that lives as long as the pool.
@@ -162,10 +162,10 @@ class MultiprocessingBackend(Backend):
             message = f"the worker pool's manager failed: {type(exc).__name__}: {exc}"
             self._break(message, _failing_with(message))
         finally:
-            mp_pool.stop_all(self._workers)  # in this thread: see above
+            processes.stop_all(self._workers)  # in this thread: see above
             self._workers = []
 
-    def _launcher_or_fail(self) -> mp_pool.Launcher:
+    def _launcher_or_fail(self) -> processes.Launcher:
         if self._launcher is None:
             raise OrchestrixError("the worker pool was not started")
         return self._launcher
@@ -269,13 +269,13 @@ class MultiprocessingBackend(Backend):
             self._retire_if_due(worker)
 
     def _has_room(self, worker: Worker, batch_size: int) -> bool:
-        return mp_policy.may_prefetch(len(worker.outstanding), batch_size, self._mean_seconds)
+        return policy.may_prefetch(len(worker.outstanding), batch_size, self._mean_seconds)
 
     def _take_jobs(self, worker: Worker, batch_size: int) -> list[Job]:
         limit = self.config.max_tasks_per_worker
         quota = math.inf if limit is None else limit - worker.done - len(worker.outstanding)
         active = sum(1 for w in self._workers if not w.stopping)
-        count = mp_policy.jobs_to_take(batch_size, len(self._ledger.pending), active, quota)
+        count = policy.jobs_to_take(batch_size, len(self._ledger.pending), active, quota)
         return self._ledger.take(count)
 
     def _send(self, worker: Worker, jobs: list[Job]) -> None:
@@ -320,7 +320,7 @@ class MultiprocessingBackend(Backend):
             self._spawn_replacement()  # its replacement starts now
 
     def _batch_size(self) -> int:
-        return mp_policy.batch_size(self._mean_seconds)
+        return policy.batch_size(self._mean_seconds)
 
     # -- receiving results --------------------------------------------------------------------
 
@@ -337,7 +337,7 @@ class MultiprocessingBackend(Backend):
             worker.done += 1
             walls = result.walls
             seconds = walls[0] if len(walls) == 1 else sum(walls)
-            self._mean_seconds = mp_policy.running_mean(self._mean_seconds, seconds)
+            self._mean_seconds = policy.running_mean(self._mean_seconds, seconds)
             if walls:
                 ok = result.status is JobStatus.OK
                 ran.append((job.unit, result.started, walls, ok, result.growth_mb))
@@ -401,7 +401,7 @@ class MultiprocessingBackend(Backend):
         if cause in (Cause.CRASH, Cause.TIMEOUT):
             job.attempts += 1
         retries = self.config.retries
-        decided = mp_policy.verdict(cause, job.attempts, retries, job.stalls)
+        decided = policy.verdict(cause, job.attempts, retries, job.stalls)
         if decided is Verdict.FAIL:
             self._settle_error(job, interruption_error(worker, job.unit, cause, self.config))
             return

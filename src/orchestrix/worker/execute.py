@@ -9,9 +9,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .errors import TaskError
-from .factorize import WorkUnit
-from .graph import Ref, TaskNode, map_nested
+from ..errors import TaskError
+from ..graph.factorize import WorkUnit
+from ..graph.tasks import Ref, TaskNode, map_nested
 
 __all__ = ["CURRENT", "TaskFailure", "UnitOutcome", "call_task", "resolve", "run_unit"]
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .execute import TaskFailure
+from ..worker.execute import TaskFailure
 
 __all__ = ["Monitor", "NameStats", "RunSummary"]
 

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import OrchestrixError
-from .execute import call_task
-from .graph import map_nested
+from ..errors import OrchestrixError
+from ..graph.tasks import map_nested
+from ..worker.execute import call_task
 
 __all__ = ["summarize_cprofile", "summarize_memray", "summarize_profiles"]
 

@@ -14,9 +14,9 @@ import sqlite3
 import time
 from typing import Any
 
-from .errors import OrchestrixError
+from ..errors import OrchestrixError
+from ..monitoring.monitor import format_seconds
 from .journal import JOURNAL_FILE, STATES, connect, run_is_alive, unusable_journal
-from .monitor import format_seconds
 
 __all__ = ["format_status", "read_status"]
 

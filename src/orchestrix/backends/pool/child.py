@@ -24,11 +24,11 @@ import time
 import traceback
 from typing import Any
 
-from ..errors import OrchestrixError
-from ..execute import TaskCaller, TaskFailure, UnitOutcome, portable_failure, run_unit
-from ..observe import ProcessObserver, UsageMeter, WorkerSettings
-from ..transfer import Dumper
-from .mp_protocol import (
+from ...errors import OrchestrixError
+from ...worker.execute import TaskCaller, TaskFailure, UnitOutcome, portable_failure, run_unit
+from ...worker.observe import ProcessObserver, UsageMeter, WorkerSettings
+from ...worker.transfer import Dumper
+from .protocol import (
     JobResult,
     JobStatus,
     ResultWindow,

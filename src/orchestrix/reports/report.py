@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from .errors import OrchestrixError
-from .report_charts import (
+from ..errors import OrchestrixError
+from .charts import (
     DASH,
     _esc,
     _fmt_count,

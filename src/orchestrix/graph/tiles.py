@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from .graph import Delayed, TaskFunction, function_name
 from .mapped import mapped_file
+from .tasks import Delayed, TaskFunction, function_name
 from .tokenize import stable_name
 
 __all__ = ["ArraySink", "Tile", "tiles"]

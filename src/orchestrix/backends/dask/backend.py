@@ -23,13 +23,13 @@ import traceback
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from ..errors import StallError, TaskError, WorkerCrashedError, closed_error
-from ..execute import TaskFailure, UnitFailed, UnitOutcome, portable_failure
-from ..factorize import WorkUnit
-from ..runcontext import in_this_run
-from ..transfer import dumps_work
-from .base import Backend, Sink, worker_settings
-from .dask_tasks import (
+from ...errors import StallError, TaskError, WorkerCrashedError, closed_error
+from ...graph.factorize import WorkUnit
+from ...runcontext import in_this_run
+from ...worker.execute import TaskFailure, UnitFailed, UnitOutcome, portable_failure
+from ...worker.transfer import dumps_work
+from ..base import Backend, Sink, worker_settings
+from .tasks import (
     START_TOPIC,
     TASK_TOPIC,
     CompletionCounter,

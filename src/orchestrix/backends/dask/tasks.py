@@ -15,10 +15,10 @@ from typing import Any
 from distributed import SchedulerPlugin, WorkerPlugin
 from distributed.protocol import dask_deserialize, dask_serialize
 
-from ..errors import TaskTimeoutError
-from ..execute import TaskCaller, TaskFailure, UnitFailed, UnitOutcome, portable_failure
-from ..factorize import WorkUnit
-from ..observe import ProcessObserver, UsageMeter, WorkerSettings, run_measured
+from ...errors import TaskTimeoutError
+from ...graph.factorize import WorkUnit
+from ...worker.execute import TaskCaller, TaskFailure, UnitFailed, UnitOutcome, portable_failure
+from ...worker.observe import ProcessObserver, UsageMeter, WorkerSettings, run_measured
 
 __all__ = [
     "START_TOPIC",

@@ -18,11 +18,11 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from .backends.base import Backend
-from .errors import CanaryError, RemoteTraceback, TaskError, UpstreamTaskError
-from .execute import TaskFailure, UnitOutcome
-from .factorize import WorkUnit, factorize, one_unit_per_task
-from .graph import Delayed, build_graph
+from ..backends.base import Backend
+from ..errors import CanaryError, RemoteTraceback, TaskError, UpstreamTaskError
+from ..graph.factorize import WorkUnit, factorize, one_unit_per_task
+from ..graph.tasks import Delayed, build_graph
+from ..worker.execute import TaskFailure, UnitOutcome
 from .store import ResultStore
 
 __all__ = ["Engine"]

@@ -19,9 +19,9 @@ import os
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
-from .errors import OrchestrixError
-from .monitor import Monitor
-from .runcontext import activate, active_run
+from ..errors import OrchestrixError
+from ..monitoring.monitor import Monitor
+from ..runcontext import activate, active_run
 
 __all__ = ["RUN_DATA_FILE", "RunFiles"]
 

@@ -18,7 +18,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from .graph import Graph, TaskNode
+from .tasks import Graph, TaskNode
 
 __all__ = ["WorkUnit", "factorize", "one_unit_per_task", "release_schedule"]
 
