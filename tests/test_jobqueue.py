@@ -56,8 +56,9 @@ def test_pbs_job_script_and_security_off_warns(tmp_path, monkeypatch):
     assert "tls" not in script
     with pytest.warns(RuntimeWarning, match="security=False"):
         from orchestrix.backends.dask.jobqueue import JobqueueBackend
+        from orchestrix.monitoring.monitor import Monitor
 
-        backend = JobqueueBackend(config)
+        backend = JobqueueBackend(config, Monitor())
         cluster = backend.make_cluster()
         cluster.close()
         backend.close()

@@ -1,33 +1,28 @@
 """The ``Orchestrator``: a ``concurrent.futures.Executor`` that also runs task graphs.
 
-It is thin: it validates the configuration, creates the backend of the mode, and hands graphs to
-the engine. Cleanup runs at ``close()``, at the end of a ``with`` block, and at interpreter exit
-(a ``weakref.finalize``, registered per instance, never at import).
+It is thin: it validates the configuration, opens a session (the backend of the mode, the engine,
+the monitor, the journal: :mod:`orchestrix.session`) and hands graphs to the engine. Cleanup runs
+at ``close()``, at the end of a ``with`` block, and at interpreter exit (a ``weakref.finalize``,
+registered per instance, never at import).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import functools
-import html
 import itertools
-import logging
 import os
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future
 from typing import Any
 
-from .backends import create_backend, create_backend_class
-from .backends.base import Backend
+from .backends import create_backend_class
 from .config import Config, load_config_file, parse_config
 from .engine.futures import CallbackThread, CallFuture
 from .engine.mapping import BatchSizer, OrderedMap, call_batch
-from .engine.scheduler import Engine, task_error
-from .engine.store import RESULTS_DIR, ResultStore
+from .engine.scheduler import task_error
 from .errors import REFUSED_AFTER_CLOSE, TaskError
 from .graph.factorize import WorkUnit
 from .graph.tasks import (
@@ -39,18 +34,16 @@ from .graph.tasks import (
     function_name,
     map_nested,
 )
-from .journal.journal import Journal
-from .monitoring.callbacks import CallbackTracker, TaskEvent
-from .monitoring.events import EventConsumer
+from .monitoring.callbacks import TaskEvent
 from .monitoring.monitor import RunSummary
 from .monitoring.progress import ProgressBar, shows, start_progress
-from .reports.runfiles import RunFiles, write_json
+from .reports.runfiles import RunFiles
+from .session import Session, describe_config
 from .sizing import resolve_pool_config
 from .worker.execute import UnitOutcome
 
 __all__ = ["Orchestrator"]
 
-CONFIG_FILE_NAME = "used_orchestrator.json"
 _CALL_IDS = itertools.count()
 #: ``map`` tasks in flight: with ``chunksize=1`` (at least the backend's capacity) and with
 #: automatic batches (at least, and 4 per worker)
@@ -88,56 +81,21 @@ class Orchestrator(Executor):
         self._callbacks = CallbackThread()
         self._files = RunFiles(self.config.out_dir)
         with self._files.active():
-            self._finalizer = self._acquire(client, on_task_done, on_run_end)
+            session = Session(
+                self, self.config, self._files, self._callbacks, client, on_task_done, on_run_end
+            )
+            self._backend, self._engine, self.monitor = (
+                session.backend,
+                session.engine,
+                session.monitor,
+            )
+            self._finalizer = session.close
             try:
                 self._backend.start()
             except BaseException:
                 self._finalizer()  # whatever started is stopped
                 raise
-            self._files.narrate("orchestrator started: %s", _describe_config(self.config))
-
-    def _acquire(
-        self,
-        client: Any,
-        on_task_done: Callable[[TaskEvent], Any] | None,
-        on_run_end: Callable[[RunSummary], Any] | None,
-    ) -> weakref.finalize[..., Any]:
-        """Create the backend, the result store, the run's files and the trackers. If a step
-        fails (a corrupt journal, an out_dir that is a file) what the steps before acquired is
-        released; once all succeed, the finalizer returned owns it all."""
-        with contextlib.ExitStack() as undo:
-            undo.callback(self._files.close_log)
-            extras = {"client": client} if client is not None else {}
-            self._backend = create_backend(self.config, **extras)
-            undo.callback(self._backend.close)
-            store = _store(self.config)
-            self._engine = Engine(
-                self._backend, self.config.factorize_tasks, self.config.canary, store
-            )
-            self.monitor = self._backend.monitor
-            if self.config.out_dir is not None:
-                _write_used_config(self.config)
-            trackers = _start_trackers(self.config, on_task_done, undo)
-            for tracker in trackers:
-                self.monitor.add_tracker(tracker)
-            facts = {
-                "mode": self.config.mode,
-                "nb_workers": getattr(self.config, "nb_workers", None),
-                "profiling": self.config.profiling.mode,
-            }
-            # The finalizer holds what closing needs, never self: it also runs at exit.
-            finalizer = weakref.finalize(
-                self,
-                _close,
-                self._backend,
-                self._callbacks,
-                self._files,
-                facts,
-                trackers,
-                on_run_end,
-            )
-            undo.pop_all()
-        return finalizer
+            self._files.narrate("orchestrator started: %s", describe_config(self.config))
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **overrides: Any) -> Orchestrator:
@@ -259,7 +217,7 @@ class Orchestrator(Executor):
         plan = plan_tiles(func, source, tile_shape, margin, out)
         for position, value in self._run(plan.targets, progress, "map_tiles"):
             if plan.sink is None:
-                out = _place(out, plan.grid[position], value, plan.shape)
+                out = plan.place(out, position, value)
         return plan.sink.open() if plan.sink is not None else out
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -320,34 +278,13 @@ class Orchestrator(Executor):
 
     def _repr_html_(self) -> str:
         """What Jupyter shows for an orchestrator: its mode, workers and where things are."""
-        rows = [("mode", self.config.mode), ("state", "closed" if self._closed else "open")]
-        for key in ("nb_workers", "max_ram_per_worker", "out_dir"):
-            value = getattr(self.config, key, None)
-            if value is not None:
-                suffix = " MB per worker" if key == "max_ram_per_worker" else ""
-                rows.append((key, f"{value}{suffix}"))
-        dump_dir = getattr(self._backend, "dump_dir", None)
-        if dump_dir:
-            rows.append(("dump_dir", dump_dir))
-        summary = self.summary()
+        from .reports.notebook import orchestrator_table
+
         running = 0 if self._closed else self._backend.running()
-        rows.append(
-            (
-                "tasks",
-                f"{summary.tasks_done} done, {running} running, {summary.tasks_failed} failed",
-            )
+        dump_dir = getattr(self._backend, "dump_dir", None)
+        return orchestrator_table(
+            self.config, self._closed, self.summary(), running, dump_dir, self.dashboard_link
         )
-        for worker, facts in summary.workers.items():
-            if facts["peak_rss_mb"] is not None:
-                rows.append((f"worker {worker}", f"peak RSS {facts['peak_rss_mb']:,.0f} MB"))
-        cells = [_html_row(key, html.escape(str(value))) for key, value in rows]
-        link = self.dashboard_link
-        if link:
-            escaped = html.escape(link)
-            cells.append(
-                _html_row("dashboard", f"<a href='{escaped}' target='_blank'>{escaped}</a>")
-            )
-        return f"<table><caption>orchestrix Orchestrator</caption>{''.join(cells)}</table>"
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -376,7 +313,7 @@ class Orchestrator(Executor):
         future = CallFuture(self._callbacks)
         node = TaskNode.call(fn, name or function_name(fn), args, kwargs, f"call{next(_CALL_IDS)}")
         unit = WorkUnit((node,), ())
-        if self.monitor.trackers:
+        if self.monitor.tracks_states:
             self.monitor.note_registered([unit])
         job = self._backend.submit(unit, {}, functools.partial(self._settle, future))
         with self._lock:
@@ -445,79 +382,6 @@ class Orchestrator(Executor):
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError(REFUSED_AFTER_CLOSE)
-
-
-def _html_row(key: str, cell_html: str) -> str:
-    return f"<tr><th style='text-align:left'>{html.escape(key)}</th><td>{cell_html}</td></tr>"
-
-
-def _store(config: Config) -> ResultStore | None:
-    if not config.resume:
-        return None
-    assert config.out_dir is not None  # the config checked it
-    return ResultStore(os.path.join(config.out_dir, RESULTS_DIR))
-
-
-def _start_trackers(
-    config: Config, on_task_done: Callable[[TaskEvent], Any] | None, undo: contextlib.ExitStack
-) -> tuple[EventConsumer, ...]:
-    """The consumers of task events; each is closed by ``undo`` if construction fails."""
-    trackers: list[EventConsumer] = []
-    if config.out_dir is not None:
-        trackers.append(Journal(config.out_dir, config.resume))
-        undo.callback(trackers[-1].close)
-    if on_task_done is not None:
-        trackers.append(CallbackTracker(on_task_done))
-        undo.callback(trackers[-1].close)
-    return tuple(trackers)
-
-
-def _close(
-    backend: Backend,
-    callbacks: CallbackThread,
-    files: RunFiles,
-    facts: dict[str, Any],
-    trackers: tuple[EventConsumer, ...],
-    on_run_end: Callable[[RunSummary], Any] | None,
-) -> None:
-    """Stop the backend (workers write their profiles as they end), then write the run's files,
-    settle the journal and the callbacks, and call ``on_run_end``."""
-    with files.active():  # from whatever thread (or the exit) the close comes
-        try:
-            backend.close()
-        finally:
-            callbacks.close()  # the callbacks of the calls that the close ended run first
-            try:
-                files.finish(backend.monitor, facts)
-            finally:
-                for tracker in trackers:
-                    tracker.close()
-                if on_run_end is not None:
-                    try:
-                        on_run_end(backend.monitor.summary())
-                    except Exception:  # a notification must not break the close
-                        logging.getLogger("orchestrix").exception("orchestrix: on_run_end raised")
-
-
-def _describe_config(config: Config) -> str:
-    return ", ".join(f"{key}={value!r}" for key, value in config.to_dict().items())
-
-
-def _write_used_config(config: Config) -> None:
-    assert config.out_dir is not None
-    os.makedirs(config.out_dir, exist_ok=True)
-    write_json(os.path.join(config.out_dir, CONFIG_FILE_NAME), config.to_dict(), indent=2)
-
-
-def _place(out: Any, tile: Any, value: Any, shape: tuple[int, ...]) -> Any:
-    """Write a tile's output into ``out`` (made from the first output when None)."""
-    if out is None:
-        import numpy
-
-        axes = len(tile.window)
-        out = numpy.empty(shape[:axes] + tuple(value.shape[axes:]), value.dtype)
-    out[tile.window] = value
-    return out
 
 
 def _shortest(iterables: tuple[Iterable[Any], ...]) -> int | None:

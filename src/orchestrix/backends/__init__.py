@@ -6,9 +6,9 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import ConfigError
-from .base import Backend
+from .base import Backend, Recorder
 
-__all__ = ["Backend", "AVAILABLE", "create_backend"]
+__all__ = ["AVAILABLE", "Backend", "Recorder", "create_backend"]
 
 
 def _sequential() -> type[Backend]:
@@ -47,16 +47,17 @@ AVAILABLE: dict[str, Callable[[], type[Backend]]] = {
 }
 
 
-def create_backend(config: Any, **extras: Any) -> Backend:
-    """The backend for ``config.mode``, imported on demand (dask stays unimported otherwise).
-    ``extras`` are objects that are not configuration, e.g. an existing dask ``client``."""
+def create_backend(config: Any, monitor: Recorder, **extras: Any) -> Backend:
+    """The backend for ``config.mode``, imported on demand (dask stays unimported otherwise),
+    recording its units in ``monitor``. ``extras`` are objects that are not configuration, e.g.
+    an existing dask ``client``."""
     backend_class = create_backend_class(config)
     unknown = [name for name in extras if name not in backend_class.takes]
     if unknown:
         raise ConfigError(
             f"{', '.join(unknown)} only applies to the dask modes, not {config.mode!r}"
         )
-    backend: Backend = backend_class(config, **extras)
+    backend: Backend = backend_class(config, monitor, **extras)
     return backend
 
 

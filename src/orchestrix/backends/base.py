@@ -11,26 +11,51 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from ..graph.factorize import WorkUnit
-from ..monitoring.monitor import Monitor
 from ..worker.execute import UnitOutcome
 from ..worker.observe import WorkerSettings
 
-__all__ = ["Backend", "Sink", "worker_settings"]
+__all__ = ["Backend", "Recorder", "Sink", "worker_settings"]
 
 #: receives the outcome of one unit; may be called from a backend thread
 Sink = Callable[[UnitOutcome], None]
 
 
-class Backend(ABC):
-    """Runs units of work. One module per backend under ``orchestrix.backends``."""
+class Recorder(Protocol):
+    """What a backend tells the record keeper of its run (the session's
+    :class:`~orchestrix.monitoring.monitor.Monitor`), from whatever thread it reports from."""
 
-    def __init__(self, config: Any) -> None:
+    @property
+    def tracks_states(self) -> bool:
+        """Whether task states (sent, started) are wanted: a journal or callbacks listen.
+        Backends skip building the events when not."""
+
+    def record_outcome(self, outcome: UnitOutcome, worker: str) -> None:
+        """A unit ran; its time and memory were measured over the unit alone."""
+
+    def record_units(
+        self, worker: str, cpu_per_wall: float, peak_rss_mb: float | None, entries: list[Any]
+    ) -> None:
+        """Units ran in one window of a worker (see ``Monitor.record_units``)."""
+
+    def note_started(self, units: list[Any], worker: str, when: float | None = None) -> None:
+        """These units were sent to ``worker`` (or began there at ``when``, epoch seconds)."""
+
+    def note_retry(self, unit: Any = None) -> None:
+        """A unit goes back to the queue (its worker died, or stalled)."""
+
+
+class Backend(ABC):
+    """Runs units of work. One module per backend under ``orchestrix.backends``.
+
+    ``monitor`` is the record keeper of the run, created by the orchestrator's session: every
+    unit the backend runs is recorded there."""
+
+    def __init__(self, config: Any, monitor: Recorder) -> None:
         self.config = config
-        #: every unit run is recorded here (see :meth:`Monitor.record_units`)
-        self.monitor = Monitor()
+        self.monitor = monitor
 
     #: True for backends that schedule whole graphs themselves (dask): the engine then calls
     #: :meth:`submit_graph` once instead of handing over ready units

@@ -18,14 +18,14 @@ from ..errors import closed_error
 from ..graph.factorize import WorkUnit
 from ..worker.execute import TaskFailure, UnitOutcome
 from ..worker.observe import ProcessObserver, UsageMeter, run_measured, worker_name
-from .base import Backend, Sink, worker_settings
+from .base import Backend, Recorder, Sink, worker_settings
 
 __all__ = ["SequentialBackend"]
 
 
 class SequentialBackend(Backend):
-    def __init__(self, config: Any) -> None:
-        super().__init__(config)
+    def __init__(self, config: Any, monitor: Recorder) -> None:
+        super().__init__(config, monitor)
         self._job_ids = itertools.count()
         # Tasks run in the caller's process: its logging is the caller's, so the task log file
         # takes only the records of tasks, and levels are left as the caller set them.
@@ -45,7 +45,7 @@ class SequentialBackend(Backend):
             error = closed_error(unit.key, unit.name)
             sink(UnitOutcome(unit, failure=TaskFailure(unit.key, unit.name, error, error=error)))
             return next(self._job_ids)
-        if self.monitor.trackers:
+        if self.monitor.tracks_states:
             self.monitor.note_started([unit], self._name)
         self._ctrl_c.seen = False
         outcome = run_measured(unit, inputs, self._meter, self._caller)

@@ -22,6 +22,7 @@ from ..backends.base import Backend
 from ..errors import CanaryError, RemoteTraceback, TaskError, UpstreamTaskError
 from ..graph.factorize import WorkUnit, factorize, one_unit_per_task
 from ..graph.tasks import Delayed, build_graph
+from ..monitoring.monitor import Monitor
 from ..worker.execute import TaskFailure, UnitOutcome
 from .store import ResultStore
 
@@ -41,11 +42,13 @@ class Engine:
     def __init__(
         self,
         backend: Backend,
+        monitor: Monitor,
         factorize_tasks: bool = True,
         canary: int = 0,
         store: ResultStore | None = None,
     ) -> None:
         self.backend = backend
+        self.monitor = monitor
         self.factorize_tasks = factorize_tasks
         self.canary = canary
         self.store = store
@@ -76,7 +79,7 @@ class Engine:
             (positions, self.plan([targets[i] for i in positions]), canary)
             for positions, canary in self._phases(targets, todo)
         ]
-        monitor = self.backend.monitor
+        monitor = self.monitor
         for _, units, canary in reversed(phases):  # a unit in both phases is the canary's
             monitor.note_registered(units, canary)
         every_unit = [unit for _, units, _ in phases for unit in units]
@@ -103,7 +106,7 @@ class Engine:
     ) -> Iterator[tuple[int, Any]]:
         """Run the units of ``targets``; ``positions``: where each target is in the caller's
         list (None: the same place)."""
-        run = _Run(units, targets, self.backend.monitor, self.store)
+        run = _Run(units, targets, self.monitor, self.store)
         finished = False
         try:
             driven = (run.drive_graph if self.backend.runs_graphs else run.drive)(self.backend)
@@ -125,7 +128,7 @@ class Engine:
         finally:
             self.backend.cancel(list(run.in_flight.values()))
             if not finished:  # those still running are killed
-                self.backend.monitor.note_stopped(units)
+                self.monitor.note_stopped(units)
 
     def _split_stored(self, targets: list[Delayed]) -> tuple[dict[str, list[int]], list[int]]:
         """The positions of targets whose results are stored (by key), and of the others."""
@@ -151,7 +154,7 @@ class Engine:
             return
         assert self.store is not None
         loaded = [(key, targets[positions[0]].name) for key, positions in stored.items()]
-        self.backend.monitor.note_loaded(loaded)
+        self.monitor.note_loaded(loaded)
         for key, positions in stored.items():
             value = self.store.load(key)
             for position in positions:
@@ -181,7 +184,7 @@ class _Run:
         self,
         units: list[WorkUnit],
         targets: Sequence[Delayed],
-        monitor: Any,
+        monitor: Monitor,
         store: ResultStore | None = None,
     ) -> None:
         self.monitor = monitor

@@ -177,6 +177,18 @@ class TilePlan(NamedTuple):
     sink: ArraySink | None  # where the tasks write, or None: they return their outputs
     shape: tuple[int, ...]  # the source's
 
+    def place(self, out: Any, position: int, value: Any) -> Any:
+        """Write the output of the task at ``position`` into ``out`` (made from the first output
+        when None); returns ``out``."""
+        tile = self.grid[position]
+        if out is None:
+            import numpy
+
+            axes = len(tile.window)
+            out = numpy.empty(self.shape[:axes] + tuple(value.shape[axes:]), value.dtype)
+        out[tile.window] = value
+        return out
+
 
 def plan_tiles(
     func: Callable[[Any], Any],

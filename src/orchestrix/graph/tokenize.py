@@ -20,8 +20,9 @@ Rules, and why:
 - Objects with no rule of their own are walked through ``__reduce_ex__`` (what pickle would store),
   so that a set or dict inside them is encoded canonically too. One that cannot be reduced gets a
   unique token: its task is never shared or resumed, never wrong.
-- A memory map is named by its file only while :func:`~orchestrix.mapped.mapped_file` proves that
-  the name still leads to the mapped, read-only bytes; otherwise by its bytes, like any array.
+- A memory map is named by its file only while :func:`~orchestrix.graph.mapped.mapped_file`
+  proves that the name still leads to the mapped, read-only bytes; otherwise by its bytes, like
+  any array.
 - A function is encoded by its name, code (bytecode, constants, names, parameters, flags),
   defaults and closure cells, not by the module globals it reads: module-level code is the
   program, and globals are read when the task runs, not when it is called. Pass a value that

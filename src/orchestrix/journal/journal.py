@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from ..errors import OrchestrixError
@@ -110,7 +111,7 @@ class Journal:
     """The journal of one orchestrator: opened at start, closed (and its run ended) at close.
 
     :meth:`post` (any thread, for every unit) appends the event, flattened, to a buffer; the
-    journal's thread sends the buffer to the writer process (:mod:`orchestrix.journal_writer`)
+    journal's thread sends the buffer to the writer process (:mod:`orchestrix.journal.writer`)
     every ``BATCH_SECONDS`` while events come, and sleeps while none do. If the writer process
     cannot start, the thread writes itself."""
 
@@ -144,7 +145,7 @@ class Journal:
         self._thread.start()
 
     def post(self, event: tuple[Any, ...]) -> None:
-        """Record an event (see :mod:`orchestrix.tracking`); cheap, from any thread."""
+        """Record an event (see :mod:`orchestrix.monitoring.events`); cheap, from any thread."""
         if self._broken:
             return
         with self._lock:
@@ -242,13 +243,12 @@ class Journal:
             )
 
     def _start_writer(self) -> tuple[subprocess.Popen[bytes] | None, Any]:
-        import orchestrix
-
         from . import writer as journal_writer
 
         command = [sys.executable, "-m", journal_writer.__name__, self.path, str(self.run_id)]
         env = dict(os.environ)  # the writer imports this very orchestrix, installed or not
-        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(orchestrix.__file__)))
+        # the directory holding the top package: as many levels up as this module's name is deep
+        package_parent = os.fspath(Path(os.path.abspath(__file__)).parents[__name__.count(".")])
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
         try:
             # Its own session: a Ctrl-C in the terminal is the caller's, the writer finishes.

@@ -228,7 +228,7 @@ def _name_of(key: str) -> str:
 
 
 def main() -> None:
-    """``python -m orchestrix.journal_writer PATH RUN_ID``: apply the batches read on stdin."""
+    """``python -m orchestrix.journal.writer PATH RUN_ID``: apply the batches read on stdin."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
     # The computation comes first: on a busy machine the journal lags (its batches wait in the
     # pipe) rather than take CPU time from the caller and the workers.

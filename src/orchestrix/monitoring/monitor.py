@@ -199,6 +199,11 @@ class Monitor:
             for tracker in self.trackers:
                 tracker.post(("retried", unit))
 
+    @property
+    def tracks_states(self) -> bool:
+        """Whether a consumer (the journal, callbacks) listens to task states."""
+        return bool(self.trackers)
+
     # -- task states, for the trackers (see :mod:`orchestrix.tracking`) ------------------------
 
     def note_registered(self, units: list[Any], canary: bool = False) -> None:

@@ -1,4 +1,4 @@
-"""Summaries of the profiles the workers wrote (see :mod:`orchestrix.observe`).
+"""Summaries of the profiles the workers wrote (see :mod:`orchestrix.worker.observe`).
 
 ``out_dir/profiling/cprofile/*.prof`` (one per worker) are merged into one ranked text file;
 ``out_dir/profiling/memray/*.bin`` (one capture per worker) each get memray's flame graph, and
@@ -205,7 +205,7 @@ def _task_of(stack: Sequence[tuple[str, str, int]]) -> tuple[str, str]:
     """The task an allocation happened in, from its Python stack (innermost frame first).
 
     Every task function is called, directly or through helpers of its module, by
-    :func:`~orchestrix.execute.call_task`: the task is the first frame inside the outermost
+    :func:`~orchestrix.worker.execute.call_task`: the task is the first frame inside the outermost
     ``call_task`` that is not in that module. Argument resolution (``map_nested``) is
     orchestrix's, not the task's.
     """

@@ -28,7 +28,7 @@ from ...graph.factorize import WorkUnit
 from ...runcontext import in_this_run
 from ...worker.execute import TaskFailure, UnitFailed, UnitOutcome, portable_failure
 from ...worker.transfer import dumps_work
-from ..base import Backend, Sink, worker_settings
+from ..base import Backend, Recorder, Sink, worker_settings
 from .tasks import (
     START_TOPIC,
     TASK_TOPIC,
@@ -55,8 +55,8 @@ class DaskBackend(Backend):
     runs_graphs = True
     takes = ("client",)
 
-    def __init__(self, config: Any, client: Any = None) -> None:
-        super().__init__(config)
+    def __init__(self, config: Any, monitor: Recorder, client: Any = None) -> None:
+        super().__init__(config, monitor)
         self.client: Any = client
         self.cluster: Any = None
         self._owns_client = client is None

@@ -30,7 +30,7 @@ from typing import Any
 
 from ...errors import NoWorkerError, OrchestrixError
 from ...graph.factorize import WorkUnit
-from ..base import Sink
+from ..base import Recorder, Sink
 from .backend import DaskBackend
 
 __all__ = ["JobqueueBackend", "cluster_options", "job_script", "worker_lifetime"]
@@ -48,8 +48,8 @@ LOG_FILES_SHOWN, LOG_LINES_SHOWN = 3, 15
 class JobqueueBackend(DaskBackend):
     """dask-jobqueue's SLURMCluster or PBSCluster, configured from orchestrix keys only."""
 
-    def __init__(self, config: Any, client: Any = None) -> None:
-        super().__init__(config, client)
+    def __init__(self, config: Any, monitor: Recorder, client: Any = None) -> None:
+        super().__init__(config, monitor, client)
         self._cert_dir: str | None = None
         self._log_dir: str | None = None
         # set when worker_start_timeout passed with no worker: why each waiting task fails

@@ -32,7 +32,7 @@ from ...graph.factorize import WorkUnit
 from ...runcontext import in_this_run
 from ...worker.execute import TaskFailure, UnitOutcome
 from ...worker.transfer import create_dump_dir, dumps_work, materialize
-from ..base import Backend, Sink, worker_settings
+from ..base import Backend, Recorder, Sink, worker_settings
 from . import policy, processes
 from .ledger import Job, Ledger
 from .policy import MAX_STARTUP_FAILURES, Cause, Verdict
@@ -54,8 +54,8 @@ _CHANNEL, _EXIT, _WAKE = "channel", "exit", "wake"
 
 
 class MultiprocessingBackend(Backend):
-    def __init__(self, config: Any) -> None:
-        super().__init__(config)
+    def __init__(self, config: Any, monitor: Recorder) -> None:
+        super().__init__(config, monitor)
         if not isinstance(config.nb_workers, int):
             raise OrchestrixError("nb_workers must be resolved to an int before the pool starts")
         self.nb_workers: int = config.nb_workers
@@ -288,7 +288,7 @@ class MultiprocessingBackend(Backend):
         if not worker.outstanding:
             worker.last_progress = now
         worker.outstanding.extend(jobs)
-        if self.monitor.trackers:
+        if self.monitor.tracks_states:
             self.monitor.note_started([job.unit for job in jobs], worker.name)
         worker.channel.send(RunBatch([job.id for job in jobs], payload))
         self._watch_output(worker)
