@@ -21,7 +21,7 @@ from typing import Any
 from .backends import create_backend_class
 from .config import Config, load_config_file, parse_config
 from .engine.futures import CallbackThread, CallFuture
-from .engine.mapping import BatchSizer, OrderedMap, call_batch
+from .engine.mapping import BatchSizer, OrderedMap, call_batch, tasks_in_flight
 from .engine.scheduler import task_error
 from .errors import REFUSED_AFTER_CLOSE, TaskError
 from .graph.factorize import WorkUnit
@@ -45,10 +45,6 @@ from .worker.execute import UnitOutcome
 __all__ = ["Orchestrator"]
 
 _CALL_IDS = itertools.count()
-#: ``map`` tasks in flight: with ``chunksize=1`` (at least the backend's capacity) and with
-#: automatic batches (at least, and 4 per worker)
-EXPLICIT_WINDOW = 1024
-AUTO_WINDOW = 8
 
 
 class Orchestrator(Executor):
@@ -164,12 +160,8 @@ class Orchestrator(Executor):
         if isinstance(fn, TaskFunction):  # a task mapped directly runs its function
             fn = fn.func
         plain = chunksize == 1
-        if plain:
-            window = max(self._backend.capacity(), EXPLICIT_WINDOW)
-        elif chunksize is None:  # batches of ~50 ms: a few per worker keep them all busy
-            window = max(AUTO_WINDOW, 4 * (getattr(self.config, "nb_workers", None) or 1))
-        else:
-            window = max(self._backend.capacity(), EXPLICIT_WINDOW // chunksize, AUTO_WINDOW)
+        nb_workers = getattr(self.config, "nb_workers", None) or 1
+        window = tasks_in_flight(chunksize, self._backend.capacity(), nb_workers)
 
         def submit(calls: list[tuple[Any, ...]]) -> CallFuture:
             if plain:

@@ -26,7 +26,7 @@ from typing import Any
 from ..errors import RemoteTraceback, TaskError
 from ..worker.execute import portable_exception
 
-__all__ = ["BatchSizer", "ItemFailed", "OrderedMap", "call_batch"]
+__all__ = ["BatchSizer", "ItemFailed", "OrderedMap", "call_batch", "tasks_in_flight"]
 
 #: the work an automatic batch aims at: long enough that a task's cost (~50 us in the caller)
 #: is under 1% of it, short enough that the sizes follow the calls and the last batches balance
@@ -217,3 +217,18 @@ def _pickled_size(call: Call, result: Any) -> int:
         return len(pickle.dumps((call, result), protocol=pickle.HIGHEST_PROTOCOL))
     except Exception:  # noqa: BLE001 - whatever fails to pickle, it is only an estimate
         return 0
+
+
+#: ``map`` tasks in flight: with ``chunksize=1`` (at least the backend's capacity) and with
+#: automatic batches (at least, and 4 per worker)
+EXPLICIT_WINDOW = 1024
+AUTO_WINDOW = 8
+
+
+def tasks_in_flight(chunksize: int | None, capacity: int, nb_workers: int) -> int:
+    """How many ``map`` tasks are kept in flight, for ``chunksize`` (None: automatic batches)."""
+    if chunksize == 1:
+        return max(capacity, EXPLICIT_WINDOW)
+    if chunksize is None:  # batches of ~50 ms: a few per worker keep them all busy
+        return max(AUTO_WINDOW, 4 * nb_workers)
+    return max(capacity, EXPLICIT_WINDOW // chunksize, AUTO_WINDOW)
