@@ -118,16 +118,18 @@ def test_a_dead_manager_fails_every_waiting_call_and_every_later_one(monkeypatch
 
 def test_workers_that_cannot_start_fail_the_run_with_their_own_error(tmp_path):
     # A file where the workers' log directory goes: every worker fails as it sets up its log.
+    from orchestrix.backends.pool import processes
+
     (tmp_path / "workers_log").write_text("not a directory")
     spawned = []
-    launcher_spawn = ox.backends.mp_pool.Launcher.spawn
+    launcher_spawn = processes.Launcher.spawn
 
     def counting(self):
         spawned.append(1)
         return launcher_spawn(self)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(ox.backends.mp_pool.Launcher, "spawn", counting)
+        patch.setattr(processes.Launcher, "spawn", counting)
         with pool(out_dir=str(tmp_path)) as orch:
             with pytest.raises(ox.WorkerCrashedError) as info:
                 orch.compute([inc(i) for i in range(4)])
@@ -149,9 +151,11 @@ def big_array(n):
 
 
 def test_a_dump_file_gone_fails_the_call_that_takes_it():
+    from orchestrix.backends.pool import manager
+
     with pool() as orch:
         dump_dir = orch._backend.dump_dir
-        real = ox.backends.multiprocessing.materialize
+        real = manager.materialize
 
         def remove_dumps_then_open(value):
             for path in glob.glob(os.path.join(dump_dir, "*")):
