@@ -15,9 +15,10 @@ from typing import Any
 from distributed import SchedulerPlugin, WorkerPlugin
 from distributed.protocol import dask_deserialize, dask_serialize
 
-from ...errors import TaskTimeoutError
+from ... import failures
+from ...failures import TaskFailure, portable_failure
 from ...graph.factorize import WorkUnit
-from ...worker.execute import TaskCaller, TaskFailure, UnitFailed, UnitOutcome, portable_failure
+from ...worker.execute import TaskCaller, UnitFailed, UnitOutcome
 from ...worker.observe import ProcessObserver, UsageMeter, WorkerSettings, run_measured
 
 __all__ = [
@@ -132,7 +133,8 @@ def run_unit_task(
     if outcome.walls:
         _report_unit(unit, outcome)
     if outcome.failure is not None:
-        restart = _worker_address() if outcome.failure.error is not None else None
+        # A verdict here is a timeout: the thread still runs, only a restart stops it.
+        restart = None if isinstance(outcome.failure, TaskFailure) else _worker_address()
         raise UnitFailed(portable_failure(outcome.failure), restart)
     return _shipped(label, outcome.value) if ship else outcome.value
 
@@ -171,12 +173,8 @@ def _run_with_timeout(unit: WorkUnit, inputs: dict[str, Any], timeout: float) ->
     thread.join(timeout)
     if box:  # _run_into gives an outcome whatever happens: none means still running
         return box[0]
-    message = (
-        f"task {unit.name!r} ran longer than per_job_timeout={timeout} s; its worker is restarted "
-        f"(key {unit.key})"
-    )
-    error = TaskTimeoutError(unit.key, unit.name, message, timeout)
-    return UnitOutcome(unit, failure=TaskFailure(unit.key, unit.name, error, None, error=error))
+    error = failures.timeout_error(unit.key, unit.name, timeout, restarted=True)
+    return UnitOutcome(unit, failure=error)
 
 
 def _run_into(box: list[UnitOutcome], unit: WorkUnit, inputs: dict[str, Any]) -> None:

@@ -25,7 +25,8 @@ import traceback
 from typing import Any
 
 from ...errors import OrchestrixError
-from ...worker.execute import TaskCaller, TaskFailure, UnitOutcome, portable_failure, run_unit
+from ...failures import Failure, TaskFailure, portable_failure
+from ...worker.execute import TaskCaller, UnitOutcome, run_unit
 from ...worker.observe import ProcessObserver, UsageMeter, WorkerSettings
 from ...worker.transfer import Dumper
 from .protocol import (
@@ -218,5 +219,5 @@ def _pickle_result(value: Any) -> bytes:
         return data
 
 
-def _encode_failure(failure: TaskFailure) -> bytes:
+def _encode_failure(failure: Failure) -> bytes:
     return pickle.dumps(portable_failure(failure), protocol=pickle.HIGHEST_PROTOCOL)
