@@ -225,3 +225,20 @@ def test_failures_is_pure():
     source = (SRC / "failures.py").read_text()
     imports = re.findall(r"^(?:from|import) (\S+)", source, re.MULTILINE)
     assert set(imports) <= {"__future__", "pickle", "signal", "dataclasses", "typing", ".errors"}
+
+
+def test_what_a_backend_finds_keeps_its_exception_types_and_texts():
+    exc = TypeError("no")
+    found = [
+        (failures.unloadable_task("f"), RuntimeError, "the worker could not load task 'f'; its "),
+        (failures.unimportable_task("f", exc), RuntimeError, "a worker could not load task 'f': "),
+        (failures.unsendable_task("f", exc), pickle.PicklingError, "cannot be pickled: TypeError"),
+        (failures.unreturnable_result("f", exc), pickle.PicklingError, "pickled to return it"),
+        (failures.unshippable_result("k", "f", exc), pickle.PicklingError, "TypeError: no (key k)"),
+        (failures.unloadable_result("f", exc), RuntimeError, "could not be unpickled: TypeError"),
+        (failures.unloadable_input("k", "f", exc), RuntimeError, "an input of task 'f' could"),
+    ]
+    for error, kind, text in found:
+        assert type(error) is kind and text in str(error), str(error)
+    assert str(failures.unsendable_task("f", exc, "k")).endswith("TypeError: no (key k)")
+    assert "PYTHONPATH" in str(failures.unimportable_task("f", exc))

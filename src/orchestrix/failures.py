@@ -322,3 +322,55 @@ def map_item_error(
         exc.__cause__ = RemoteTraceback(text)
     item_error.__cause__ = exc
     return item_error
+
+
+# -- facts a backend finds: exceptions that stand for what kept a task from running or returning
+
+
+def unloadable_task(name: str) -> RuntimeError:
+    """A pool worker could not load the task (its traceback text goes with it)."""
+    return RuntimeError(f"the worker could not load task {name!r}; its traceback says why")
+
+
+def unimportable_task(name: str, exc: BaseException) -> RuntimeError:
+    """A dask worker could not load the task: its code is not importable there."""
+    return RuntimeError(
+        f"a worker could not load task {name!r}: {_describe(exc)}; its "
+        "code must be importable on the workers (install it there or put it on PYTHONPATH)"
+    )
+
+
+def unsendable_task(name: str, exc: BaseException, key: str | None = None) -> pickle.PicklingError:
+    """The task's function or an argument cannot be pickled (dask names the ``key`` too)."""
+    where = "" if key is None else f" (key {key})"
+    return pickle.PicklingError(
+        f"task {name!r} could not be sent to a worker: its function or an argument "
+        f"cannot be pickled: {_describe(exc)}{where}"
+    )
+
+
+def unreturnable_result(name: str, exc: BaseException) -> pickle.PicklingError:
+    """A pool worker could not pickle the task's result to send it back."""
+    return pickle.PicklingError(
+        f"the result of task {name!r} could not be pickled to return it: {_describe(exc)}"
+    )
+
+
+def unshippable_result(key: str, name: str, exc: BaseException) -> pickle.PicklingError:
+    """A dask worker could not pickle the task's result for the caller."""
+    return pickle.PicklingError(
+        f"the result of task {name!r} could not be pickled: {_describe(exc)} (key {key})"
+    )
+
+
+def unloadable_result(name: str, exc: BaseException) -> RuntimeError:
+    """The caller could not unpickle a result a pool worker sent."""
+    return RuntimeError(f"the result of task {name!r} could not be unpickled: {_describe(exc)}")
+
+
+def unloadable_input(key: str, name: str, exc: BaseException) -> RuntimeError:
+    """A dask worker could not unpickle an input of the task."""
+    return RuntimeError(
+        f"an input of task {name!r} could not be unpickled in the worker: {_describe(exc)} "
+        f"(key {key})"
+    )

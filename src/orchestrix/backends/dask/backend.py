@@ -351,10 +351,7 @@ class _Labels:
 
 def _unpicklable(unit: WorkUnit, exc: BaseException) -> bytes:
     """The pickled failure of a unit that the caller could not pickle."""
-    error = pickle.PicklingError(
-        f"task {unit.name!r} could not be sent to a worker: its function or an argument "
-        f"cannot be pickled: {type(exc).__name__}: {exc} (key {unit.key})"
-    )
+    error = failures.unsendable_task(unit.name, exc, unit.key)
     text = "".join(traceback.format_exception(exc))
     return pickle.dumps(portable_failure(TaskFailure(unit.key, unit.name, error, text)))
 

@@ -116,10 +116,7 @@ def run_unit_task(
     try:
         unit: WorkUnit = pickle.loads(payload)
     except Exception as exc:  # noqa: BLE001 - typically a module the workers cannot import
-        error = RuntimeError(
-            f"a worker could not load task {label.name!r}: {type(exc).__name__}: {exc}; its "
-            "code must be importable on the workers (install it there or put it on PYTHONPATH)"
-        )
+        error = failures.unimportable_task(label.name, exc)
         raise UnitFailed(
             TaskFailure(label.key, label.name, error, traceback.format_exc())
         ) from None
@@ -143,10 +140,7 @@ def _shipped(label: Label, value: Any) -> Any:
     try:
         return Shipped.pack(label, value)
     except BaseException as exc:  # noqa: BLE001 - a SystemExit of a __reduce__ too
-        error = pickle.PicklingError(
-            f"the result of task {label.name!r} could not be pickled: "
-            f"{type(exc).__name__}: {exc} (key {label.key})"
-        )
+        error = failures.unshippable_result(label.key, label.name, exc)
         failure = TaskFailure(label.key, label.name, error, traceback.format_exc())
         raise UnitFailed(portable_failure(failure)) from None
 
@@ -156,10 +150,7 @@ def _unshipped(label: Label, values: tuple[Any, ...]) -> list[Any]:
     try:
         return [value.load() if isinstance(value, Shipped) else value for value in values]
     except BaseException as exc:  # noqa: BLE001 - a SystemExit of a __reduce__ too
-        error = RuntimeError(
-            f"an input of task {label.name!r} could not be unpickled in the worker: "
-            f"{type(exc).__name__}: {exc} (key {label.key})"
-        )
+        error = failures.unloadable_input(label.key, label.name, exc)
         failure = TaskFailure(label.key, label.name, error, traceback.format_exc())
         raise UnitFailed(portable_failure(failure)) from None
 

@@ -361,15 +361,10 @@ class MultiprocessingBackend(Backend):
                 failure.worker = worker
                 self._settle(job, UnitOutcome(unit, failure=failure))
                 return
-            error = RuntimeError(
-                f"the worker could not load task {unit.name!r}; its traceback says why"
-            )
+            error = failures.unloadable_task(unit.name)
             self._settle_failure(job, TaskFailure(unit.key, unit.name, error, result.data))
         except BaseException as exc:  # noqa: BLE001 - e.g. a result whose class the caller lacks
-            error = RuntimeError(
-                f"the result of task {unit.name!r} could not be unpickled: "
-                f"{type(exc).__name__}: {exc}"
-            )
+            error = failures.unloadable_result(unit.name, exc)
             error.__cause__ = exc
             self._settle_failure(job, TaskFailure(unit.key, unit.name, error, None, worker=worker))
 
@@ -464,10 +459,7 @@ class MultiprocessingBackend(Backend):
 
     def _fail_unpicklable(self, job: Job, exc: BaseException) -> None:
         unit = job.unit
-        error = pickle.PicklingError(
-            f"task {unit.name!r} could not be sent to a worker: its function or an argument "
-            f"cannot be pickled: {type(exc).__name__}: {exc}"
-        )
+        error = failures.unsendable_task(unit.name, exc)
         error.__cause__ = exc
         self._settle_failure(job, TaskFailure(unit.key, unit.name, error, None))
 
