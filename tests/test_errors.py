@@ -24,13 +24,12 @@ def test_errors_pickle_with_their_fields():
 
 
 def test_remote_traceback_is_chained_as_in_concurrent_futures():
-    from orchestrix.engine.scheduler import _task_error
-    from orchestrix.worker.execute import TaskFailure
+    from orchestrix.failures import TaskFailure, caller_error
 
     failure = TaskFailure(
         "k-1", "k", ValueError("x"), traceback_text="Traceback ...\nValueError: x"
     )
-    error = _task_error(failure)
+    error = caller_error(failure)
     assert isinstance(error.__cause__, ValueError)
     assert isinstance(error.__cause__.__cause__, ox.RemoteTraceback)
     assert "Traceback ..." in str(error.__cause__.__cause__)

@@ -137,8 +137,11 @@ def test_an_escape_from_the_timeout_thread_is_not_a_timeout(monkeypatch):
     monkeypatch.setattr(dask_tasks, "_run_measured", escape)
     unit = WorkUnit((TaskNode.call(abs, "abs", (-1,), {}, "abs-key"),), ())
     outcome = dask_tasks._run_with_timeout(unit, {}, 30)
+    from orchestrix.failures import TaskFailure
+
+    assert isinstance(outcome.failure, TaskFailure)  # what the task raised, not a verdict
     assert isinstance(outcome.failure.exception, KeyboardInterrupt)
-    assert outcome.failure.key == "abs-key" and outcome.failure.error is None
+    assert outcome.failure.key == "abs-key"
 
 
 def test_worker_killed_mid_task_is_replaced_and_the_run_completes(tmp_path):

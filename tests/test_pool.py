@@ -119,6 +119,7 @@ def test_a_dead_manager_fails_every_waiting_call_and_every_later_one(monkeypatch
 
 def test_workers_that_cannot_start_fail_the_run_with_their_own_error(tmp_path):
     # A file where the workers' log directory goes: every worker fails as it sets up its log.
+
     (tmp_path / "workers_log").write_text("not a directory")
     spawned = []
     launcher_spawn = processes.Launcher.spawn

@@ -126,13 +126,6 @@ REFUSED_AFTER_CLOSE = "cannot schedule new work after the orchestrator was close
 """The RuntimeError's text for a call made after close (as concurrent.futures refuses one)."""
 
 
-def closed_error(key: str, name: str) -> TaskError:
-    """What a task waiting or running when the orchestrator was closed fails with, every mode."""
-    return TaskError(
-        key, name, f"task {name!r} did not finish: the orchestrator was closed (key {key})"
-    )
-
-
 class RemoteTraceback(Exception):
     """The formatted traceback of an exception raised in another process."""
 

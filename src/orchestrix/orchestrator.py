@@ -18,12 +18,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future
 from typing import Any
 
+from . import failures
 from .backends import create_backend_class
 from .config import Config, load_config_file, parse_config
 from .engine.futures import CallbackThread, CallFuture
 from .engine.mapping import BatchSizer, OrderedMap, call_batch, tasks_in_flight
-from .engine.scheduler import task_error
-from .errors import REFUSED_AFTER_CLOSE, TaskError
+from .engine.scheduler import reported_error
+from .errors import REFUSED_AFTER_CLOSE
 from .graph.factorize import WorkUnit
 from .graph.tasks import (
     Delayed,
@@ -330,21 +331,13 @@ class Orchestrator(Executor):
         if not future.set_running_or_notify_cancel():
             return  # cancelled meanwhile
         if outcome.failure is not None:
-            self.monitor.note_failure(outcome.failure, outcome.failure.worker)
-            future.set_exception(task_error(outcome.failure))
+            future.set_exception(reported_error(self.monitor, outcome.failure))
             return
         try:
             value = self._backend.materialize(outcome.value)
         except Exception as exc:  # noqa: BLE001 - e.g. a dump file removed under the run
             unit = outcome.unit
-            error = TaskError(
-                unit.key,
-                unit.name,
-                f"the result of task {unit.name!r} could not be read: "
-                f"{type(exc).__name__}: {exc} (key {unit.key})",
-            )
-            error.__cause__ = exc
-            future.set_exception(error)
+            future.set_exception(failures.unreadable_result_error(unit.key, unit.name, exc))
         else:
             future.set_result(value)
 

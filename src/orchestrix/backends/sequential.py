@@ -14,9 +14,9 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..errors import closed_error
+from ..failures import TaskFailure, closed_error
 from ..graph.factorize import WorkUnit
-from ..worker.execute import TaskFailure, UnitOutcome
+from ..worker.execute import UnitOutcome
 from ..worker.observe import ProcessObserver, UsageMeter, run_measured, worker_name
 from .base import Backend, Recorder, Sink, worker_settings
 
@@ -42,15 +42,15 @@ class SequentialBackend(Backend):
 
     def submit(self, unit: WorkUnit, inputs: Mapping[str, Any], sink: Sink) -> int:
         if self._closed:  # closed from another thread while a compute runs here: it ends now
-            error = closed_error(unit.key, unit.name)
-            sink(UnitOutcome(unit, failure=TaskFailure(unit.key, unit.name, error, error=error)))
+            sink(UnitOutcome(unit, failure=closed_error(unit.key, unit.name)))
             return next(self._job_ids)
         if self.monitor.tracks_states:
             self.monitor.note_started([unit], self._name)
         self._ctrl_c.seen = False
         outcome = run_measured(unit, inputs, self._meter, self._caller)
-        if outcome.failure is not None and self._ctrl_c.is_real(outcome.failure.exception):
-            raise outcome.failure.exception  # the user's Ctrl-C stops the run, as it should
+        failure = outcome.failure
+        if isinstance(failure, TaskFailure) and self._ctrl_c.is_real(failure.exception):
+            raise failure.exception  # the user's Ctrl-C stops the run, as it should
         self.monitor.record_outcome(outcome, self._name)
         sink(outcome)
         return next(self._job_ids)

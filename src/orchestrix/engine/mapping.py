@@ -23,8 +23,9 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
-from ..errors import RemoteTraceback, TaskError
-from ..worker.execute import portable_exception
+from .. import failures
+from ..errors import TaskError
+from ..failures import portable_exception
 
 __all__ = ["BatchSizer", "ItemFailed", "OrderedMap", "call_batch", "tasks_in_flight"]
 
@@ -186,29 +187,17 @@ class OrderedMap:
         return results, seconds, None
 
     def _batch_error(self, error: TaskError, first: int, count: int) -> TaskError:
-        """A whole batch failed (it could not be sent, its worker died, its result could not be
-        read): the same error, of the same class, named after the mapped function as a call of
-        it would be, and saying which items it held."""
-        if self._plain or error.name == self._name:
+        """A whole batch failed: see :func:`failures.map_batch_error` (a plain map's error is
+        already its call's)."""
+        if self._plain:
             return error
-        rebuild, args = error.__reduce__()[:2]
-        where = f"map items {first} to {first + count - 1}, in batch task {error.name!r}"
-        renamed: TaskError = rebuild(args[0], self._name, f"{error} ({where})", *args[3:])
-        return renamed
+        return failures.map_batch_error(error, self._name, first, count)
 
     def _item_error(self, error: TaskError, failed: ItemFailed, first: int) -> TaskError:
-        exc = failed.exception
         item = first + failed.index
-        key = f"{error.key}[{failed.index}]"
-        message = (
-            f"task {self._name!r} failed on map item {item}: {type(exc).__name__}: {exc} "
-            f"(key {key}, call {failed.index} of batch task {error.name!r})"
+        return failures.map_item_error(
+            error, self._name, item, failed.index, failed.exception, failed.traceback_text
         )
-        item_error = TaskError(key, self._name, message)
-        if exc.__traceback__ is None and exc.__cause__ is None:  # it came from another process
-            exc.__cause__ = RemoteTraceback(failed.traceback_text)
-        item_error.__cause__ = exc
-        return item_error
 
 
 def _pickled_size(call: Call, result: Any) -> int:

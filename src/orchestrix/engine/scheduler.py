@@ -18,15 +18,17 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from .. import failures
 from ..backends.base import Backend
-from ..errors import CanaryError, RemoteTraceback, TaskError, UpstreamTaskError
+from ..errors import TaskError
+from ..failures import Failure
 from ..graph.factorize import WorkUnit, factorize, one_unit_per_task
 from ..graph.tasks import Delayed, build_graph
 from ..monitoring.monitor import Monitor
-from ..worker.execute import TaskFailure, UnitOutcome
+from ..worker.execute import UnitOutcome
 from .store import ResultStore
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "reported_error"]
 
 logger = logging.getLogger("orchestrix")
 
@@ -118,12 +120,7 @@ class Engine:
             finished = True
         except TaskError as error:
             if canary:
-                raise CanaryError(
-                    error.key,
-                    error.name,
-                    f"the canary run (the first {self.canary} targets) failed, so the other "
-                    f"targets were not scheduled: {error}",
-                ) from error
+                raise failures.canary_error(error, self.canary) from error
             raise
         finally:
             self.backend.cancel(list(run.in_flight.values()))
@@ -281,25 +278,15 @@ class _Run:
 
     def _target_error(self, outcome: UnitOutcome) -> TaskError:
         """The error to raise: the first target (in input order) that the failure reaches."""
-        assert outcome.failure is not None
-        self.monitor.note_failure(outcome.failure, outcome.failure.worker)
-        cause = outcome.failure.error or _task_error(outcome.failure)
+        failure = outcome.failure
+        assert failure is not None
+        cause = reported_error(self.monitor, failure)
         downstream = self._downstream(outcome.unit.key)
         hit = min((self.targets_at[key][0], key) for key in downstream if key in self.targets_at)
         target_key = hit[1]
         if target_key == cause.key:
             return cause
-        target = self.units[target_key]
-        error = UpstreamTaskError(
-            target_key,
-            target.name,
-            f"task {target.name!r} did not run: upstream task {cause.name!r} failed with "
-            f"{_describe(outcome.failure.exception)} (key {target_key}, upstream key {cause.key})",
-            cause.key,
-            cause.name,
-        )
-        error.__cause__ = cause
-        return error
+        return failures.upstream_error(target_key, self.units[target_key].name, failure, cause)
 
     def _downstream(self, key: str) -> list[str]:
         seen = {key}
@@ -312,23 +299,8 @@ class _Run:
         return order
 
 
-def task_error(failure: TaskFailure) -> TaskError:
-    """The error that reports ``failure`` to the caller."""
-    return failure.error or _task_error(failure)
-
-
-def _task_error(failure: TaskFailure) -> TaskError:
-    exc = failure.exception
-    error = TaskError(
-        failure.key,
-        failure.name,
-        f"task {failure.name!r} failed: {_describe(exc)} (key {failure.key})",
-    )
-    if failure.traceback_text is not None and exc.__cause__ is None:
-        exc.__cause__ = RemoteTraceback(failure.traceback_text)
-    error.__cause__ = exc
-    return error
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+def reported_error(monitor: Any, failure: Failure) -> TaskError:
+    """The one place in the caller's path where a backend's failure becomes the caller's error:
+    the run's records note it, then :func:`failures.caller_error` converts it (once)."""
+    monitor.note_failure(failure, failures.worker_of(failure))
+    return failures.caller_error(failure)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..worker.execute import TaskFailure
+from ..failures import Failure, recorded
 
 __all__ = ["Monitor", "NameStats", "RunSummary"]
 
@@ -175,10 +175,9 @@ class Monitor:
             self.tasks.append((*record, peak_rss_mb, ok or index < last))
             started += wall
 
-    def note_failure(self, failure: TaskFailure, worker: str | None = None) -> None:
+    def note_failure(self, failure: Failure, worker: str | None = None) -> None:
         """Record a failure the caller is told of (a task that raised, crashed, timed out)."""
-        error = failure.error if failure.error is not None else failure.exception
-        text = failure.traceback_text
+        error, text = recorded(failure)
         if text is None and error.__traceback__ is not None:
             text = "".join(traceback.format_exception(error))
         entry = {

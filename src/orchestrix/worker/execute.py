@@ -9,26 +9,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..errors import TaskError
+from ..failures import Failure, TaskFailure
 from ..graph.factorize import WorkUnit
 from ..graph.tasks import Ref, TaskNode, map_nested
 
-__all__ = ["CURRENT", "TaskFailure", "UnitOutcome", "call_task", "resolve", "run_unit"]
+__all__ = ["CURRENT", "UnitFailed", "UnitOutcome", "call_task", "resolve", "run_unit"]
 
 #: ``CURRENT.key``: the key of the task this thread is running (None between tasks), for logs
 CURRENT = threading.local()
-
-
-@dataclass
-class TaskFailure:
-    """A task of a unit raised. ``traceback_text`` is set when it must cross a process boundary."""
-
-    key: str
-    name: str
-    exception: BaseException
-    traceback_text: str | None = None
-    error: TaskError | None = None  # set when the backend already knows the error to report
-    worker: str | None = None  # the worker it failed in, when known
 
 
 @dataclass
@@ -41,7 +29,7 @@ class UnitOutcome:
 
     unit: WorkUnit
     value: Any = None
-    failure: TaskFailure | None = None
+    failure: Failure | None = None  # what a task raised, or the error the backend decided on
     started: float = 0.0
     walls: list[float] = field(default_factory=list)
     growth_mb: list[float] | None = None
@@ -135,36 +123,14 @@ def resolve(obj: Any, values: Mapping[str, Any]) -> Any:
     return map_nested(obj, Ref, value_of)
 
 
-def portable_failure(failure: TaskFailure) -> TaskFailure:
-    """``failure`` made safe to pickle: see :func:`portable_exception`."""
-    failure.exception = portable_exception(failure.exception)
-    return failure
-
-
-def portable_exception(exc: BaseException) -> BaseException:
-    """``exc``, or, if it cannot cross to another process, a RuntimeError with its type's name
-    and its message."""
-    import pickle
-
-    try:
-        # Rebuilt here, not only pickled: an exception whose __init__ takes other arguments
-        # than it passes to BaseException pickles fine and fails in the caller's unpickling.
-        pickle.loads(pickle.dumps(exc))
-    except BaseException as error:  # noqa: BLE001 - whatever makes it unportable
-        kind = type(exc)
-        return RuntimeError(
-            f"{kind.__module__}.{kind.__qualname__}: {exc} (the exception itself could not "
-            f"cross to the caller: {type(error).__name__}: {error})"
-        )
-    return exc
-
-
 class UnitFailed(Exception):
     """Raised by a unit run inside another scheduler (dask), carrying the task failure, so that
     the scheduler stops its dependents and the caller learns which task failed."""
 
-    def __init__(self, failure: TaskFailure, restart_worker: str | None = None) -> None:
-        super().__init__(f"task {failure.name!r} failed: {failure.exception!r}")
+    def __init__(self, failure: Failure, restart_worker: str | None = None) -> None:
+        # For dask's logs only: the caller reports ``failure`` itself.
+        raised = failure if not isinstance(failure, TaskFailure) else failure.exception
+        super().__init__(f"task {failure.name!r} failed: {raised!r}")
         self.failure = failure
         self.restart_worker = restart_worker
 

@@ -23,10 +23,12 @@ import traceback
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from ...errors import StallError, TaskError, WorkerCrashedError, closed_error
+from ... import failures
+from ...errors import TaskError
+from ...failures import Failure, TaskFailure, portable_failure
 from ...graph.factorize import WorkUnit
 from ...runcontext import in_this_run
-from ...worker.execute import TaskFailure, UnitFailed, UnitOutcome, portable_failure
+from ...worker.execute import UnitFailed, UnitOutcome
 from ...worker.transfer import dumps_work
 from ..base import Backend, Recorder, Sink, worker_settings
 from .tasks import (
@@ -153,7 +155,7 @@ class DaskBackend(Backend):
         self._closed.set()
         self._progress.set()
         # A compute waiting in another thread ends now, with the error every mode gives.
-        self._fail_waiting(lambda unit: closed_error(unit.key, unit.name))
+        self._fail_waiting(lambda unit: failures.closed_error(unit.key, unit.name))
         if self.client is not None and not self._owns_client:
             self._leave_shared_workers()
         if self._owns_client and self.client is not None:
@@ -239,22 +241,14 @@ class DaskBackend(Backend):
             return
         sink(UnitOutcome(unit, failure=self._failure(unit, future.exception())))
 
-    def _failure(self, unit: WorkUnit, exc: BaseException) -> TaskFailure:
+    def _failure(self, unit: WorkUnit, exc: BaseException) -> Failure:
         if isinstance(exc, UnitFailed):
             if exc.restart_worker and not self._closed.is_set():
                 self._restart_later([exc.restart_worker])
             return exc.failure
         if type(exc).__name__ == "KilledWorker":
-            message = (
-                f"the workers running task {unit.name!r} died {self.config.retries + 1} times "
-                f"(retries={self.config.retries}): {exc} (key {unit.key})"
-            )
-            error: TaskError = WorkerCrashedError(unit.key, unit.name, message)
-        else:
-            message = f"task {unit.name!r} failed in dask: {type(exc).__name__}: {exc}"
-            error = TaskError(unit.key, unit.name, message)
-        error.__cause__ = exc
-        return TaskFailure(unit.key, unit.name, exc, None, error=error)
+            return failures.killed_worker_error(unit.key, unit.name, self.config.retries, exc)
+        return failures.scheduler_error(unit.key, unit.name, exc)
 
     def _on_unit_event(self, event: tuple[float, list[Any]]) -> None:
         """A worker ran a unit (a dask event, in the client's event loop): record it."""
@@ -335,17 +329,11 @@ class DaskBackend(Backend):
         if entries:
             self.client.cancel([future for future, _, _ in entries])
         for _, unit, sink in entries:
-            error = error_for(unit)
-            failure = TaskFailure(unit.key, unit.name, error, None, error=error)
-            sink(UnitOutcome(unit, failure=failure))
+            sink(UnitOutcome(unit, failure=error_for(unit)))
 
 
-def _stall_error(limit: float, unit: WorkUnit) -> StallError:
-    message = (
-        f"no task finished for task_timeout={limit} s, twice, while task {unit.name!r} "
-        f"was waited for (key {unit.key})"
-    )
-    return StallError(unit.key, unit.name, message)
+def _stall_error(limit: float, unit: WorkUnit) -> TaskError:
+    return failures.stall_error(unit.key, unit.name, limit, running=False)
 
 
 class _Labels:
@@ -363,10 +351,7 @@ class _Labels:
 
 def _unpicklable(unit: WorkUnit, exc: BaseException) -> bytes:
     """The pickled failure of a unit that the caller could not pickle."""
-    error = pickle.PicklingError(
-        f"task {unit.name!r} could not be sent to a worker: its function or an argument "
-        f"cannot be pickled: {type(exc).__name__}: {exc} (key {unit.key})"
-    )
+    error = failures.unsendable_task(unit.name, exc, unit.key)
     text = "".join(traceback.format_exception(exc))
     return pickle.dumps(portable_failure(TaskFailure(unit.key, unit.name, error, text)))
 
@@ -378,11 +363,5 @@ def _unshipped(shipped: Shipped) -> Any:
     except KeyboardInterrupt:
         raise  # the user's Ctrl-C, not the result's fault
     except BaseException as exc:  # a SystemExit of a __reduce__ too
-        key, name = shipped.label.key, shipped.label.name
-        error = TaskError(
-            key,
-            name,
-            f"the result of task {name!r} could not be unpickled: {type(exc).__name__}: {exc} "
-            f"(key {key})",
-        )
-        raise error from exc
+        label = shipped.label
+        raise failures.unpicklable_result_error(label.key, label.name, exc) from exc

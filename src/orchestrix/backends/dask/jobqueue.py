@@ -28,7 +28,8 @@ import time
 import warnings
 from typing import Any
 
-from ...errors import NoWorkerError, OrchestrixError
+from ... import failures
+from ...errors import OrchestrixError, TaskError
 from ...graph.factorize import WorkUnit
 from ..base import Recorder, Sink
 from .backend import DaskBackend
@@ -110,9 +111,8 @@ class JobqueueBackend(DaskBackend):
             self._fail_waiting(self._no_worker_error)
         return job
 
-    def _no_worker_error(self, unit: WorkUnit) -> NoWorkerError:
-        message = f"task {unit.name!r} (key {unit.key}) cannot run: {self._no_worker}"
-        return NoWorkerError(unit.key, unit.name, message)
+    def _no_worker_error(self, unit: WorkUnit) -> TaskError:
+        return failures.no_worker_error(unit.key, unit.name, str(self._no_worker))
 
     def _no_worker_message(self, limit: float) -> str:
         jobs = [str(job.job_id) for job in self.cluster.workers.values() if job.job_id]

@@ -15,9 +15,10 @@ from typing import Any
 from distributed import SchedulerPlugin, WorkerPlugin
 from distributed.protocol import dask_deserialize, dask_serialize
 
-from ...errors import TaskTimeoutError
+from ... import failures
+from ...failures import TaskFailure, portable_failure
 from ...graph.factorize import WorkUnit
-from ...worker.execute import TaskCaller, TaskFailure, UnitFailed, UnitOutcome, portable_failure
+from ...worker.execute import TaskCaller, UnitFailed, UnitOutcome
 from ...worker.observe import ProcessObserver, UsageMeter, WorkerSettings, run_measured
 
 __all__ = [
@@ -115,10 +116,7 @@ def run_unit_task(
     try:
         unit: WorkUnit = pickle.loads(payload)
     except Exception as exc:  # noqa: BLE001 - typically a module the workers cannot import
-        error = RuntimeError(
-            f"a worker could not load task {label.name!r}: {type(exc).__name__}: {exc}; its "
-            "code must be importable on the workers (install it there or put it on PYTHONPATH)"
-        )
+        error = failures.unimportable_task(label.name, exc)
         raise UnitFailed(
             TaskFailure(label.key, label.name, error, traceback.format_exc())
         ) from None
@@ -132,7 +130,8 @@ def run_unit_task(
     if outcome.walls:
         _report_unit(unit, outcome)
     if outcome.failure is not None:
-        restart = _worker_address() if outcome.failure.error is not None else None
+        # A verdict here is a timeout: the thread still runs, only a restart stops it.
+        restart = None if isinstance(outcome.failure, TaskFailure) else _worker_address()
         raise UnitFailed(portable_failure(outcome.failure), restart)
     return _shipped(label, outcome.value) if ship else outcome.value
 
@@ -141,10 +140,7 @@ def _shipped(label: Label, value: Any) -> Any:
     try:
         return Shipped.pack(label, value)
     except BaseException as exc:  # noqa: BLE001 - a SystemExit of a __reduce__ too
-        error = pickle.PicklingError(
-            f"the result of task {label.name!r} could not be pickled: "
-            f"{type(exc).__name__}: {exc} (key {label.key})"
-        )
+        error = failures.unshippable_result(label.key, label.name, exc)
         failure = TaskFailure(label.key, label.name, error, traceback.format_exc())
         raise UnitFailed(portable_failure(failure)) from None
 
@@ -154,10 +150,7 @@ def _unshipped(label: Label, values: tuple[Any, ...]) -> list[Any]:
     try:
         return [value.load() if isinstance(value, Shipped) else value for value in values]
     except BaseException as exc:  # noqa: BLE001 - a SystemExit of a __reduce__ too
-        error = RuntimeError(
-            f"an input of task {label.name!r} could not be unpickled in the worker: "
-            f"{type(exc).__name__}: {exc} (key {label.key})"
-        )
+        error = failures.unloadable_input(label.key, label.name, exc)
         failure = TaskFailure(label.key, label.name, error, traceback.format_exc())
         raise UnitFailed(portable_failure(failure)) from None
 
@@ -171,12 +164,8 @@ def _run_with_timeout(unit: WorkUnit, inputs: dict[str, Any], timeout: float) ->
     thread.join(timeout)
     if box:  # _run_into gives an outcome whatever happens: none means still running
         return box[0]
-    message = (
-        f"task {unit.name!r} ran longer than per_job_timeout={timeout} s; its worker is restarted "
-        f"(key {unit.key})"
-    )
-    error = TaskTimeoutError(unit.key, unit.name, message, timeout)
-    return UnitOutcome(unit, failure=TaskFailure(unit.key, unit.name, error, None, error=error))
+    error = failures.timeout_error(unit.key, unit.name, timeout, restarted=True)
+    return UnitOutcome(unit, failure=error)
 
 
 def _run_into(box: list[UnitOutcome], unit: WorkUnit, inputs: dict[str, Any]) -> None:

@@ -24,8 +24,10 @@ import time
 import traceback
 from typing import Any
 
+from ... import failures
 from ...errors import OrchestrixError
-from ...worker.execute import TaskCaller, TaskFailure, UnitOutcome, portable_failure, run_unit
+from ...failures import Failure, TaskFailure, portable_failure
+from ...worker.execute import TaskCaller, UnitOutcome, run_unit
 from ...worker.observe import ProcessObserver, UsageMeter, WorkerSettings
 from ...worker.transfer import Dumper
 from .protocol import (
@@ -200,10 +202,7 @@ def _encode(unit: Any, outcome: UnitOutcome, dumper: Dumper | None) -> tuple[Job
         failure = TaskFailure(unit.key, unit.name, exc, traceback.format_exc())
         return JobStatus.FAILED, _encode_failure(failure)
     except BaseException as exc:  # noqa: BLE001 - whatever the result holds that pickle refuses
-        error = pickle.PicklingError(
-            f"the result of task {unit.name!r} could not be pickled to return it: "
-            f"{type(exc).__name__}: {exc}"
-        )
+        error = failures.unreturnable_result(unit.name, exc)
         text = "".join(traceback.format_exception(exc))
         return JobStatus.FAILED, _encode_failure(TaskFailure(unit.key, unit.name, error, text))
 
@@ -218,5 +217,5 @@ def _pickle_result(value: Any) -> bytes:
         return data
 
 
-def _encode_failure(failure: TaskFailure) -> bytes:
+def _encode_failure(failure: Failure) -> bytes:
     return pickle.dumps(portable_failure(failure), protocol=pickle.HIGHEST_PROTOCOL)

@@ -17,7 +17,7 @@ from typing import Any
 
 from ...errors import REFUSED_AFTER_CLOSE, OrchestrixError, TaskError
 from ...graph.factorize import WorkUnit
-from ...worker.execute import TaskFailure, UnitOutcome
+from ...worker.execute import UnitOutcome
 from ..base import Sink
 
 __all__ = ["Job", "Ledger"]
@@ -106,8 +106,7 @@ class Ledger:
             logger.exception("orchestrix: delivering the outcome of %r failed", job.unit.name)
 
     def settle_error(self, job: Job, error: TaskError) -> None:
-        failure = TaskFailure(error.key, error.name, error, None, error=error)
-        self.settle(job, UnitOutcome(job.unit, failure=failure))
+        self.settle(job, UnitOutcome(job.unit, failure=error))  # a verdict: reported as it is
 
     def settle_all(self, error_for: Callable[[WorkUnit], TaskError]) -> None:
         with self.lock:

@@ -27,16 +27,18 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from ...errors import OrchestrixError, TaskError, closed_error
+from ... import failures
+from ...errors import OrchestrixError, TaskError
+from ...failures import TaskFailure
 from ...graph.factorize import WorkUnit
 from ...runcontext import in_this_run
-from ...worker.execute import TaskFailure, UnitOutcome
+from ...worker.execute import UnitOutcome
 from ...worker.transfer import create_dump_dir, dumps_work, materialize
 from ..base import Backend, Recorder, Sink, worker_settings
 from . import policy, processes
 from .ledger import Job, Ledger
 from .policy import MAX_STARTUP_FAILURES, Cause, Verdict
-from .processes import StopReason, Worker, crash_error, interruption_error
+from .processes import StopReason, Worker, interruption_error
 from .protocol import JobResult, JobStatus, ResultWindow, RunBatch, StartFailed
 
 __all__ = ["MultiprocessingBackend"]
@@ -128,7 +130,7 @@ class MultiprocessingBackend(Backend):
             logger.error("orchestrix: the worker pool's manager did not stop; killing its workers")
             for worker in list(self._workers):
                 worker.kill(StopReason.CLOSE)
-        self._ledger.settle_all(lambda unit: closed_error(unit.key, unit.name))
+        self._ledger.settle_all(lambda unit: failures.closed_error(unit.key, unit.name))
         if manager_ended and thread is not threading.current_thread():
             self._release()
 
@@ -359,15 +361,10 @@ class MultiprocessingBackend(Backend):
                 failure.worker = worker
                 self._settle(job, UnitOutcome(unit, failure=failure))
                 return
-            error = RuntimeError(
-                f"the worker could not load task {unit.name!r}; its traceback says why"
-            )
+            error = failures.unloadable_task(unit.name)
             self._settle_failure(job, TaskFailure(unit.key, unit.name, error, result.data))
         except BaseException as exc:  # noqa: BLE001 - e.g. a result whose class the caller lacks
-            error = RuntimeError(
-                f"the result of task {unit.name!r} could not be unpickled: "
-                f"{type(exc).__name__}: {exc}"
-            )
+            error = failures.unloadable_result(unit.name, exc)
             error.__cause__ = exc
             self._settle_failure(job, TaskFailure(unit.key, unit.name, error, None, worker=worker))
 
@@ -388,10 +385,11 @@ class MultiprocessingBackend(Backend):
         if reason is StopReason.RETIRE or self._ledger.closed:
             return
         if self._startup.worker_ended(worker.started.value > 0, reason is not None):
-            error = crash_error(worker, None)
-            message = str(error)
+            code = worker.exitcode
+            message = failures.startup_crash_message(code, worker.pid, worker.start_error)
             self._break(
-                message, lambda unit: type(error)(unit.key, unit.name, message, error.exitcode)
+                message,
+                lambda unit: failures.startup_crash_error(unit.key, unit.name, message, code),
             )
             return
         self._spawn_replacement()
@@ -461,10 +459,7 @@ class MultiprocessingBackend(Backend):
 
     def _fail_unpicklable(self, job: Job, exc: BaseException) -> None:
         unit = job.unit
-        error = pickle.PicklingError(
-            f"task {unit.name!r} could not be sent to a worker: its function or an argument "
-            f"cannot be pickled: {type(exc).__name__}: {exc}"
-        )
+        error = failures.unsendable_task(unit.name, exc)
         error.__cause__ = exc
         self._settle_failure(job, TaskFailure(unit.key, unit.name, error, None))
 
@@ -482,8 +477,4 @@ class MultiprocessingBackend(Backend):
 
 
 def _failing_with(message: str) -> Callable[[WorkUnit], TaskError]:
-    return lambda unit: TaskError(unit.key, unit.name, _about(unit, message))
-
-
-def _about(unit: WorkUnit, message: str) -> str:
-    return f"task {unit.name!r} did not finish: {message} (key {unit.key})"
+    return lambda unit: failures.broken_pool_error(unit.key, unit.name, message)

@@ -7,7 +7,6 @@ import enum
 import multiprocessing
 import multiprocessing.forkserver
 import os
-import signal
 import socket
 import sys
 import threading
@@ -16,14 +15,8 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
-from ...errors import (
-    StallError,
-    TaskError,
-    TaskTimeoutError,
-    WorkerCrashedError,
-    WorkerMemoryError,
-    closed_error,
-)
+from ... import failures
+from ...errors import TaskError
 from ...worker.observe import WorkerSettings
 from .child import worker_main
 from .policy import Cause
@@ -33,7 +26,6 @@ __all__ = [
     "Launcher",
     "StopReason",
     "Worker",
-    "crash_error",
     "interruption_error",
     "stop_all",
 ]
@@ -211,57 +203,18 @@ def stop_all(workers: list[Worker]) -> None:
         worker.close_handles()
 
 
-def crash_error(worker: Worker, unit: Any) -> WorkerCrashedError:
-    """The error for a worker that died on its own, naming the exit code or signal."""
-    code = worker.exitcode
-    if code is not None and code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        how = f"was killed by {name}"
-        if -code == signal.SIGKILL:
-            how += " (the kernel's out-of-memory killer may have done it: check `dmesg`)"
-        elif -code == signal.SIGSEGV:
-            how += " (a segmentation fault, usually in compiled code)"
-    else:
-        how = f"exited with code {code}"
-    if unit is None:
-        message = f"worker processes exit as soon as they start: worker {worker.pid} {how}"
-        if worker.start_error:
-            message += f"; its error:\n{worker.start_error.rstrip()}"
-        return WorkerCrashedError("", "", message, code)
-    message = (
-        f"the worker process running task {unit.name!r} {how} (pid {worker.pid}, key {unit.key})"
-    )
-    return WorkerCrashedError(unit.key, unit.name, message, code)
-
-
 def interruption_error(worker: Worker, unit: Any, cause: Cause, config: Any) -> TaskError:
     """The error for a job whose worker ended while running it, by cause."""
+    key, name = unit.key, unit.name
     if cause is Cause.TIMEOUT:
-        limit = config.per_job_timeout
-        message = (
-            f"task {unit.name!r} ran longer than per_job_timeout={limit} s; its worker was "
-            f"killed (key {unit.key})"
-        )
-        return TaskTimeoutError(unit.key, unit.name, message, limit)
+        return failures.timeout_error(key, name, config.per_job_timeout)
     if cause is Cause.MEMORY:
-        limit = config.max_ram_per_worker
-        message = (
-            f"task {unit.name!r} made its worker use {worker.peak_rss_mb:,.0f} MB, over "
-            f"max_ram_per_worker={limit:,} MB; the worker was killed (key {unit.key})"
-        )
-        return WorkerMemoryError(unit.key, unit.name, message, worker.peak_rss_mb, limit)
+        return failures.memory_error(key, name, worker.peak_rss_mb, config.max_ram_per_worker)
     if cause is Cause.STALL:
-        message = (
-            f"no task finished for task_timeout={config.task_timeout} s, twice, while "
-            f"task {unit.name!r} was running (key {unit.key})"
-        )
-        return StallError(unit.key, unit.name, message)
+        return failures.stall_error(key, name, config.task_timeout)
     if cause is Cause.CLOSE:
-        return closed_error(unit.key, unit.name)
-    return crash_error(worker, unit)
+        return failures.closed_error(key, name)
+    return failures.crash_error(key, name, worker.exitcode, worker.pid)
 
 
 def private_rss_mb(pid: int) -> float:
