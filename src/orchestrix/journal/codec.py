@@ -241,7 +241,7 @@ def decode(flat: list[Any]) -> list[Decoded]:
             at = _decode_recorded(flat, at, add)
         elif tag == _S:
             end = flat.index(None, at + 3)
-            add(TasksStarted(flat[at + 3 : end], flat[at + 1], flat[at + 2]))
+            add(_new(TasksStarted, (flat[at + 3 : end], flat[at + 1], flat[at + 2])))
             at = end + 1
         elif tag == _G:
             end = flat.index(None, at + 2)
@@ -278,7 +278,7 @@ def _decode_recorded(flat: list[Any], at: int, add: Callable[[Any], None]) -> in
         walls = flat[at + 1 : at + 1 + n_walls]
         at += 1 + n_walls
         runs.append(_new(KeysRun, (keys, started, walls, ok)))
-    add(TasksRecorded(worker, peak_rss_mb, runs))
+    add(_new(TasksRecorded, (worker, peak_rss_mb, runs)))
     return at
 
 

@@ -135,7 +135,7 @@ class Monitor:
         """Record a unit's outcome whose usage was measured over the unit alone."""
         peak_rss_mb = outcome.usage[1] if outcome.usage is not None else None
         ok = outcome.failure is None
-        run = UnitRun(outcome.unit, outcome.started, outcome.walls, ok, outcome.growth_mb)
+        run = _new(UnitRun, (outcome.unit, outcome.started, outcome.walls, ok, outcome.growth_mb))
         self.record_units(worker, outcome.cpu_per_wall(), peak_rss_mb, [run])
 
     def record_units(
@@ -170,7 +170,7 @@ class Monitor:
             for listener in listeners:
                 listener(unit.key, len(tasks), ok)
         for tracker in self.trackers:
-            tracker.post(Recorded(worker, peak_rss_mb, runs))
+            tracker.post(_new(Recorded, (worker, peak_rss_mb, runs)))
 
     def _record_chain(
         self,
