@@ -208,40 +208,94 @@ def test_status_command(tmp_path):
 def test_journal_codec_round_trip():
     from orchestrix.graph.factorize import WorkUnit
     from orchestrix.graph.tasks import TaskNode
-    from orchestrix.journal.codec import ENCODERS, decode
+    from orchestrix.journal import codec
+    from orchestrix.monitoring import records as ev
 
     def unit(*keys):
         return WorkUnit(tuple(TaskNode.call(len, f"n{key}", (), {}, key) for key in keys), ())
 
     chain, single = unit("a", "b"), unit("c")
-    failure = {"key": "b", "name": "nb", "worker": "w1", "error": "E: x", "traceback": None}
-    events = [
-        ("registered", [chain, single], True),
-        ("started", [chain], "w1", 12.5),
-        (
-            "recorded",
-            "w1",
-            30.0,
-            [(chain, 12.5, [0.5], False, None), (single, 13.0, [1.0], True, None)],
-        ),
-        ("failed", failure),
-        ("retried", single),
-        ("stopped", [chain, single]),
-        ("loaded", [("d", "nd")]),
+    failure = ev.FailureRecord(key="b", name="nb", worker="w1", error="E: x", traceback=None)
+    runs = [
+        ev.UnitRun(chain, 12.5, [0.5], False, None),
+        ev.UnitRun(single, 13.0, [1.0], True, None),
     ]
+    events = [
+        ev.Registered([chain, single], canary=True),
+        ev.Started([chain], worker="w1", when=12.5),
+        ev.Recorded(worker="w1", peak_rss_mb=30.0, runs=runs),
+        failure,
+        ev.Retried(single),
+        ev.Stopped([chain, single]),
+        ev.Loaded([("d", "nd")]),
+    ]
+    assert {type(event) for event in events} == set(ev.EVENT_TYPES)  # every kind is covered
     flat = []
     for event in events:
-        ENCODERS[event[0]](flat.append, event)
-    assert all(item is None or isinstance(item, (str, int, float)) for item in flat)
-    assert list(decode(flat)) == [
-        ("registered", [("a", "na"), ("b", "nb"), ("c", "nc")], 1),
-        ("started", ["a", "b"], "w1", 12.5),
-        ("recorded", "w1", 30.0, [(["a", "b"], 12.5, [0.5], False), (["c"], 13.0, [1.0], True)]),
-        ("failed", {"key": "b", "name": "nb", "worker": "w1", "traceback": "E: x", "error": None}),
-        ("retried", ["c"]),
-        ("stopped", ["a", "b", "c"]),
-        ("loaded", [("d", "nd")]),
+        codec.ENCODERS[type(event)](flat.append, event)
+    assert all(item is None or type(item) in (str, int, float, bool) for item in flat)
+    assert flat[0] == "G" and "R" in flat  # the wire format of earlier versions
+    registered, started, recorded, failed, retried, stopped, loaded = codec.decode(flat)
+    assert registered == codec.TasksRegistered(
+        tasks=[("a", "na"), ("b", "nb"), ("c", "nc")], canary=1
+    )
+    assert started == codec.TasksStarted(keys=["a", "b"], worker="w1", when=12.5)
+    assert recorded.worker == "w1" and recorded.peak_rss_mb == 30.0
+    first, second = recorded.runs
+    assert (first.keys, first.started, first.walls, first.ok) == (["a", "b"], 12.5, [0.5], False)
+    assert (second.keys, second.started, second.walls, second.ok) == (["c"], 13.0, [1.0], True)
+    assert failed == ev.FailureRecord(key="b", name="nb", worker="w1", error=None, traceback="E: x")
+    assert retried == codec.TasksRetried(keys=["c"])
+    assert stopped == codec.TasksStopped(keys=["a", "b", "c"])
+    assert loaded == ev.Loaded(tasks=[("d", "nd")])
+
+
+def test_journal_decodes_a_batch_of_an_earlier_version():
+    """A batch in the layout that earlier versions sent their writer still decodes: records
+    replaced the tuples, the tags and the wire layout did not change."""
+    import pickle
+
+    from orchestrix.journal import codec
+
+    flat = [
+        "G",
+        0,
+        "k-1",
+        "n",
+        None,
+        "S",
+        "w",
+        1.0,
+        "k-1",
+        None,
+        "R",
+        "w",
+        None,
+        1,
+        1.0,
+        True,
+        1,
+        "k-1",
+        1,
+        0.5,
+        "F",
+        "k-2",
+        "m",
+        "w",
+        "E: x",
+        "T",
+        "k-3",
+        None,
+        "K",
+        None,
+        "L",
+        None,
     ]
+    events = codec.decode(pickle.loads(pickle.dumps(flat, protocol=pickle.HIGHEST_PROTOCOL)))
+    kinds = [type(event).__name__ for event in events]
+    assert kinds == ["TasksRegistered", "TasksStarted", "TasksRecorded", "FailureRecord",
+                     "TasksRetried", "TasksStopped", "Loaded"]  # fmt: skip
+    assert events[2].runs[0].keys == ["k-1"] and events[3].traceback == "E: x"
 
 
 def test_journal_written_in_the_caller_without_a_writer_process(tmp_path, monkeypatch, caplog):

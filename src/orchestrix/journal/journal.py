@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OrchestrixError
+from ..monitoring.records import Event
 from ..runcontext import in_this_run
 from .codec import ENCODERS, decode
 
@@ -144,12 +145,12 @@ class Journal:
         self._thread.daemon = True
         self._thread.start()
 
-    def post(self, event: tuple[Any, ...]) -> None:
+    def post(self, event: Event) -> None:
         """Record an event (see :mod:`orchestrix.monitoring.events`); cheap, from any thread."""
         if self._broken:
             return
         with self._lock:
-            ENCODERS[event[0]](self._buffer.append, event)
+            ENCODERS[type(event)](self._buffer.append, event)
             self._posted += 1
         if not self._woken:  # a plain flag: Event.is_set is a Python call, this runs per unit
             self._woken = True

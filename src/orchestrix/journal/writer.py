@@ -21,7 +21,16 @@ import sys
 import time
 from typing import Any
 
-from .codec import decode
+from ..monitoring.records import FailureRecord, Loaded
+from .codec import (
+    Decoded,
+    TasksRecorded,
+    TasksRegistered,
+    TasksRetried,
+    TasksStarted,
+    TasksStopped,
+    decode,
+)
 from .journal import DONE, FAILED, KILLED, REGISTERED, RUNNING, TESTING, connect
 
 __all__ = ["JournalWriter", "main"]
@@ -72,14 +81,25 @@ class JournalWriter:
         self._statements = [
             sql.format(run=run_id) for sql in (_REPLACE_FINAL, _MERGE, _REPLACE_LIVE)
         ]
+        # The handler of each kind of decoded event (see codec.decode)
+        self._handlers: dict[type, Any] = {
+            TasksRegistered: self._on_registered,
+            TasksStarted: self._on_started,
+            TasksRecorded: self._on_recorded,
+            FailureRecord: self._on_failed,
+            TasksRetried: self._on_retried,
+            TasksStopped: self._on_stopped,
+            Loaded: self._on_loaded,
+        }
 
     # -- events -------------------------------------------------------------------------------
     # The common path (registered, started, recorded within one batch) is kept to a few list
     # and dict operations per task: it runs for every task of every run with out_dir.
 
-    def handle(self, events: list[tuple[Any, ...]]) -> None:
+    def handle(self, events: list[Decoded]) -> None:
+        handlers = self._handlers
         for event in events:
-            getattr(self, "_on_" + event[0])(*event[1:])
+            handlers[type(event)](event)
         self._write()
 
     def finish(self, closed: bool) -> None:
@@ -100,15 +120,15 @@ class JournalWriter:
         connection.close()
         self._connection = None
 
-    def _on_registered(self, tasks: list[tuple[str, str]], canary: bool) -> None:
-        live, changed, flag = self._live, self._changed, int(canary)
-        for key, name in tasks:
+    def _on_registered(self, event: TasksRegistered) -> None:
+        live, changed, flag = self._live, self._changed, int(event.canary)
+        for key, name in event.tasks:
             live[key] = [name, REGISTERED, 0, None, None, flag]
             changed.add(key)
 
-    def _on_started(self, keys: list[str], worker: str, when: float) -> None:
-        live, changed = self._live, self._changed
-        for key in keys:
+    def _on_started(self, event: TasksStarted) -> None:
+        live, changed, worker, when = self._live, self._changed, event.worker, event.when
+        for key in event.keys:
             row = live.get(key)
             if row is None:  # final already (a rerun of a task kept in an earlier batch)
                 row = live[key] = [_name_of(key), REGISTERED, 0, None, None, 0]
@@ -118,13 +138,13 @@ class JournalWriter:
             row[STARTED] = when
             changed.add(key)
 
-    def _on_recorded(
-        self, worker: str, peak_rss_mb: float | None, entries: list[tuple[Any, ...]]
-    ) -> None:
+    def _on_recorded(self, event: TasksRecorded) -> None:
         live, final = self._live, self._final
-        for keys, started, walls, ok in entries:
+        worker, peak_rss_mb = event.worker, event.peak_rss_mb
+        for run in event.runs:
+            started, walls, ok = run.started, run.walls, run.ok
             ran = len(walls)
-            for index, key in enumerate(keys):
+            for index, key in enumerate(run.keys):
                 row = live.pop(key, None)
                 if index >= ran:  # after the task that failed: it never ran
                     self._back_to_registered(key, row)
@@ -138,9 +158,9 @@ class JournalWriter:
                                   peak_rss_mb, None, row[CANARY])  # fmt: skip
                 started = ended
 
-    def _on_failed(self, failure: dict[str, Any]) -> None:
-        key, name, worker = failure["key"], failure["name"], failure["worker"]
-        error = failure["traceback"] or failure["error"]
+    def _on_failed(self, failure: FailureRecord) -> None:
+        key, name, worker = failure.key, failure.name, failure.worker
+        error = failure.traceback or failure.error
         row = self._live.pop(key, None)
         if row is not None:
             self._finalize(key, row, FAILED, error=error, worker=worker)
@@ -152,22 +172,22 @@ class JournalWriter:
             return
         self._partial[key] = (key, name, FAILED, None, worker, None, None, None, error, 0)
 
-    def _on_retried(self, keys: list[str]) -> None:
-        for key in keys:
+    def _on_retried(self, event: TasksRetried) -> None:
+        for key in event.keys:
             row = self._live.get(key)
             if row is not None:
                 row[STATE] = REGISTERED
                 self._changed.add(key)
 
-    def _on_stopped(self, keys: list[str]) -> None:
+    def _on_stopped(self, event: TasksStopped) -> None:
         live = self._live
-        for key in keys:
+        for key in event.keys:
             row = live.get(key)
             if row is not None and row[STATE] in _LIVE:
                 self._finalize(key, row, KILLED)
 
-    def _on_loaded(self, tasks: list[tuple[str, str]]) -> None:
-        for key, name in tasks:  # keeps the times of the run that computed it
+    def _on_loaded(self, event: Loaded) -> None:
+        for key, name in event.tasks:  # keeps the times of the run that computed it
             self._partial[key] = (key, name, DONE, None, None, None, None, None, None, 1)
 
     def _finalize(

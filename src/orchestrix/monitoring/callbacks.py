@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .events import Tracker
+from .records import Event, FailureRecord, Recorded
 
 __all__ = ["CallbackTracker", "TaskEvent"]
 
@@ -50,34 +51,33 @@ class CallbackTracker(Tracker):
         self.errors = 0
         super().__init__("orchestrix-callbacks")
 
-    def handle(self, events: list[tuple[Any, ...]]) -> None:
+    def handle(self, events: list[Event]) -> None:
         for event in events:
-            if event[0] == "recorded":
-                self._recorded(*event[1:])
-            elif event[0] == "failed":
-                failure = event[1]
-                error = failure["error"]
-                self._call(
-                    TaskEvent(
-                        failure["key"], failure["name"], "FAILED", failure["worker"], error=error
-                    )
-                )
+            if type(event) is Recorded:
+                self._recorded(event)
+            elif type(event) is FailureRecord:
+                self._failed(event)
 
     def finish(self) -> None:
         if self.errors > 1:
             logger.warning("orchestrix: on_task_done raised %d times in all", self.errors)
 
-    def _recorded(
-        self, worker: str, peak_rss_mb: float | None, entries: list[tuple[Any, ...]]
-    ) -> None:
-        for unit, started, walls, ok, _ in entries:
-            done = len(walls) if ok else len(walls) - 1  # a failure is told with its error
-            for node, wall in zip(unit.tasks[:done], walls, strict=False):
+    def _recorded(self, event: Recorded) -> None:
+        worker, peak_rss_mb = event.worker, event.peak_rss_mb
+        for run in event.runs:
+            walls, started = run.walls, run.started
+            done = len(walls) if run.ok else len(walls) - 1  # a failure is told with its error
+            for node, wall in zip(run.unit.tasks[:done], walls, strict=False):
                 ended = started + wall
                 self._call(
                     TaskEvent(node.key, node.name, "DONE", worker, started, ended, peak_rss_mb)
                 )
                 started = ended
+
+    def _failed(self, failure: FailureRecord) -> None:
+        self._call(
+            TaskEvent(failure.key, failure.name, "FAILED", failure.worker, error=failure.error)
+        )
 
     def _call(self, event: TaskEvent) -> None:
         try:

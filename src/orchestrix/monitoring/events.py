@@ -4,15 +4,22 @@ The monitor posts each event to every consumer (:class:`EventConsumer`), from wh
 reports it; posting is cheap and the work happens in a thread of the consumer's own, so a slow
 disk or a slow callback never holds up the backends. :class:`Tracker` is that for the callbacks
 (a queue put per event); the journal flattens events into a buffer instead (see
-:mod:`orchestrix.journal_codec`). Events are tuples whose first item names them:
+:mod:`orchestrix.journal.codec`). Each event kind is a record of :mod:`.records`, and consumers
+dispatch on its type:
 
-- ``("registered", units, canary)``: a run will run these units (``canary``: in its test run);
-- ``("started", units, worker, when)``: these units were sent to ``worker`` (epoch seconds);
-- ``("recorded", worker, peak_rss_mb, entries)``: units ran (see ``Monitor.record_units``);
-- ``("failed", failure)``: a task failed, the caller is told (the monitor's failure dict);
-- ``("retried", unit)``: a unit goes back to the queue after its worker died;
-- ``("stopped", units)``: the run stopped (an error, Ctrl-C, closing) while these could run;
-- ``("loaded", tasks)``: ``(key, name)`` of final tasks whose stored results a resumed run loaded.
+- :class:`~.records.Registered` ``(units, canary)``: a run will run these units (``canary``: in
+  its test run);
+- :class:`~.records.Started` ``(units, worker, when)``: these units were sent to ``worker``
+  (epoch seconds);
+- :class:`~.records.Recorded` ``(worker, peak_rss_mb, runs)``: units ran (see
+  ``Monitor.record_units``), a :class:`~.records.UnitRun` each;
+- :class:`~.records.FailureRecord` ``(key, name, worker, error, traceback)``: a task failed, the
+  caller is told;
+- :class:`~.records.Retried` ``(unit)``: a unit goes back to the queue after its worker died;
+- :class:`~.records.Stopped` ``(units)``: the run stopped (an error, Ctrl-C, closing) while these
+  could run;
+- :class:`~.records.Loaded` ``(tasks)``: ``(key, name)`` of final tasks whose stored results a
+  resumed run loaded.
 """
 
 from __future__ import annotations
@@ -20,20 +27,28 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import Any, Protocol
+from typing import Protocol
 
 from ..runcontext import in_this_run
+from .records import Event
 
 __all__ = ["EventConsumer", "Tracker"]
 
 logger = logging.getLogger("orchestrix")
-_CLOSE = ("close",)
+
+
+class _Close:
+    """The end of a tracker's queue (not an event: no consumer sees it)."""
+
+
+_CLOSE = _Close()
+_Queued = Event | _Close
 
 
 class EventConsumer(Protocol):
     """What the monitor posts events to (a :class:`Tracker`, the journal)."""
 
-    def post(self, event: tuple[Any, ...]) -> None: ...
+    def post(self, event: Event) -> None: ...
 
     def close(self) -> None: ...
 
@@ -43,12 +58,12 @@ class Tracker:
     what arrived meanwhile; the thread sleeps in a queue get while nothing happens."""
 
     def __init__(self, name: str) -> None:
-        self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Queued] = queue.SimpleQueue()
         self._closing = threading.Event()
         self._thread = threading.Thread(target=in_this_run(self._loop), name=name, daemon=True)
         self._thread.start()
 
-    def post(self, event: tuple[Any, ...]) -> None:
+    def post(self, event: Event) -> None:
         """Queue an event (any thread; cheap: it runs for every unit of a run)."""
         self._queue.put(event)
 
@@ -61,7 +76,7 @@ class Tracker:
 
     # -- for subclasses ----------------------------------------------------------------------
 
-    def handle(self, events: list[tuple[Any, ...]]) -> None:
+    def handle(self, events: list[Event]) -> None:
         """Handle a batch of events (in the tracker's thread)."""
         raise NotImplementedError
 
@@ -74,11 +89,10 @@ class Tracker:
         try:
             closing = False
             while not closing:
-                events = [self._queue.get()]  # blocks: no wake-ups while nothing happens
-                events += _drain(self._queue)
-                if any(event is _CLOSE for event in events):
-                    closing = True
-                    events = [event for event in events if event is not _CLOSE]
+                queued = [self._queue.get()]  # blocks: no wake-ups while nothing happens
+                queued += _drain(self._queue)
+                events = [event for event in queued if not isinstance(event, _Close)]
+                closing = len(events) < len(queued)
                 self._handle_safely(events)
         finally:
             try:
@@ -86,7 +100,7 @@ class Tracker:
             except Exception:  # a tracker must not break the caller's run
                 logger.exception("orchestrix: %s failed while finishing", self._thread.name)
 
-    def _handle_safely(self, events: list[tuple[Any, ...]]) -> None:
+    def _handle_safely(self, events: list[Event]) -> None:
         if not events:
             return
         try:
@@ -95,7 +109,7 @@ class Tracker:
             logger.exception("orchestrix: %s failed; some task events are lost", self._thread.name)
 
 
-def _drain(source: queue.SimpleQueue[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+def _drain(source: queue.SimpleQueue[_Queued]) -> list[_Queued]:
     events = []
     while True:
         try:

@@ -2,8 +2,9 @@
 
 Backends report every unit they finish (:meth:`Monitor.record_units`, called from whatever thread
 they report from); the progress bars listen; :meth:`Monitor.summary` and :meth:`Monitor.run_data`
-turn the records into the run summary and the report's data. Recording is kept to a tuple append
-per task: it runs for every task of every run (the ``timing`` profiling mode, the default).
+turn the records (:class:`~.records.TaskRecord`) into the run summary and the report's data.
+Recording is kept to a record append per task: it runs for every task of every run (the
+``timing`` profiling mode, the default).
 """
 
 from __future__ import annotations
@@ -13,22 +14,31 @@ import math
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..failures import Failure, recorded
+from .records import (
+    FailureRecord,
+    Loaded,
+    Recorded,
+    Registered,
+    Retried,
+    Started,
+    Stopped,
+    TaskRecord,
+    UnitLabels,
+    UnitRun,
+)
 
-__all__ = ["Monitor", "NameStats", "RunSummary"]
+__all__ = ["Monitor", "NameStats", "RunSummary", "TaskRecord"]
 
 #: listener(unit key, tasks in the unit, ok)
 Listener = Callable[[str, int, bool], None]
 #: at most this many memory points per worker in the report's data
 MEMORY_POINTS = 2000
-
-# Fields of a task record, in order. The CPU time of a task is WALL * CPU_PER_WALL: the share is
-# kept rather than the product, so that recording allocates nothing but the record.
-KEY, NAME, WORKER, START, WALL, CPU_PER_WALL, RSS, OK = range(8)
+_new = tuple.__new__  # builds a record at half the cost of its class's __new__ (see .records)
 
 
 @dataclass
@@ -108,9 +118,9 @@ class Monitor:
     def __init__(self) -> None:
         self.started = time.time()
         self.ended: float | None = None
-        #: (key, name, worker, start epoch, wall s, CPU s per wall s, peak RSS MB or None, ok)
-        self.tasks: list[tuple[Any, ...]] = []
-        self.failures: list[dict[str, Any]] = []
+        #: one record per task execution, in the order they were reported
+        self.tasks: list[TaskRecord] = []
+        self.failures: list[FailureRecord] = []
         self.retried = 0
         self.loaded = 0
         self.growth: dict[str, list[float]] = {}
@@ -125,39 +135,42 @@ class Monitor:
         """Record a unit's outcome whose usage was measured over the unit alone."""
         peak_rss_mb = outcome.usage[1] if outcome.usage is not None else None
         ok = outcome.failure is None
-        entry = (outcome.unit, outcome.started, outcome.walls, ok, outcome.growth_mb)
-        self.record_units(worker, outcome.cpu_per_wall(), peak_rss_mb, [entry])
+        run = _new(UnitRun, (outcome.unit, outcome.started, outcome.walls, ok, outcome.growth_mb))
+        self.record_units(worker, outcome.cpu_per_wall(), peak_rss_mb, [run])
 
     def record_units(
         self,
         worker: str,
         cpu_per_wall: float,
         peak_rss_mb: float | None,
-        entries: list[tuple[Any, float, list[float], bool, list[float] | None]],
+        runs: list[UnitRun],
     ) -> None:
-        """Record units that ran in one window of a worker: ``(unit, start, walls, ok, growth)``
-        each. ``walls`` has one entry per task that ran; the last one failed unless ``ok``. CPU
+        """Record units that ran in one window of a worker. ``run.walls`` has one entry per task
+        that ran; the last one failed unless ``run.ok``. CPU
         time was measured over the window and is shared in proportion to wall time
         (``cpu_per_wall`` = window CPU / window wall); the peak memory is the window's.
 
-        It runs for every task of every run, so the common case is kept to a tuple append."""
+        It runs for every task of every run, so the common case is kept to a record append."""
         append = self.tasks.append
         listeners = self._listeners
-        for unit, started, walls, ok, growth_mb in entries:
+        for run in runs:
+            unit, walls, ok = run.unit, run.walls, run.ok
             tasks = unit.tasks
             if len(walls) == 1:
                 node = tasks[0]
-                wall = walls[0]
-                append((node.key, node.name, worker, started, wall, cpu_per_wall, peak_rss_mb, ok))
+                values = (node.key, node.name, worker, run.started, walls[0], cpu_per_wall,
+                          peak_rss_mb, ok)  # fmt: skip
+                append(_new(TaskRecord, values))
             else:
-                self._record_chain(tasks, worker, started, walls, cpu_per_wall, peak_rss_mb, ok)
+                self._record_chain(tasks, worker, run.started, walls, cpu_per_wall, peak_rss_mb, ok)
+            growth_mb = run.growth_mb
             if growth_mb:
                 for node, growth in zip(tasks, growth_mb, strict=False):
                     self.growth.setdefault(node.name, []).append(growth)
             for listener in listeners:
                 listener(unit.key, len(tasks), ok)
         for tracker in self.trackers:
-            tracker.post(("recorded", worker, peak_rss_mb, entries))
+            tracker.post(_new(Recorded, (worker, peak_rss_mb, runs)))
 
     def _record_chain(
         self,
@@ -171,8 +184,9 @@ class Monitor:
     ) -> None:
         last = len(walls) - 1
         for index, (node, wall) in enumerate(zip(tasks, walls, strict=False)):
-            record = (node.key, node.name, worker, started, wall, cpu_per_wall)
-            self.tasks.append((*record, peak_rss_mb, ok or index < last))
+            values = (node.key, node.name, worker, started, wall, cpu_per_wall, peak_rss_mb,
+                      ok or index < last)  # fmt: skip
+            self.tasks.append(_new(TaskRecord, values))
             started += wall
 
     def note_failure(self, failure: Failure, worker: str | None = None) -> None:
@@ -180,23 +194,23 @@ class Monitor:
         error, text = recorded(failure)
         if text is None and error.__traceback__ is not None:
             text = "".join(traceback.format_exception(error))
-        entry = {
-            "key": failure.key,
-            "name": failure.name,
-            "worker": worker,
-            "error": f"{type(error).__name__}: {error}",
-            "traceback": text,
-        }
+        entry = FailureRecord(
+            key=failure.key,
+            name=failure.name,
+            worker=worker,
+            error=f"{type(error).__name__}: {error}",
+            traceback=text,
+        )
         self.failures.append(entry)
         for tracker in self.trackers:
-            tracker.post(("failed", entry))
+            tracker.post(entry)
 
-    def note_retry(self, unit: Any = None) -> None:
+    def note_retry(self, unit: UnitLabels | None = None) -> None:
         """A unit goes back to the queue (its worker died, or stalled)."""
         self.retried += 1
         if unit is not None:
             for tracker in self.trackers:
-                tracker.post(("retried", unit))
+                tracker.post(Retried(unit))
 
     @property
     def tracks_states(self) -> bool:
@@ -205,28 +219,30 @@ class Monitor:
 
     # -- task states, for the trackers (see :mod:`orchestrix.tracking`) ------------------------
 
-    def note_registered(self, units: list[Any], canary: bool = False) -> None:
+    def note_registered(self, units: Sequence[UnitLabels], canary: bool = False) -> None:
         """A run will run these units (``canary``: in its test run, before the others)."""
         for tracker in self.trackers:
-            tracker.post(("registered", units, canary))
+            tracker.post(Registered(units, canary))
 
-    def note_started(self, units: list[Any], worker: str, when: float | None = None) -> None:
+    def note_started(
+        self, units: Sequence[UnitLabels], worker: str, when: float | None = None
+    ) -> None:
         """These units were sent to ``worker`` (or began there at ``when``, epoch seconds)."""
         if self.trackers:
-            event = ("started", units, worker, time.time() if when is None else when)
+            event = Started(units, worker, time.time() if when is None else when)
             for tracker in self.trackers:
                 tracker.post(event)
 
-    def note_stopped(self, units: list[Any]) -> None:
+    def note_stopped(self, units: Sequence[UnitLabels]) -> None:
         """A run stopped early; those of these units that were running are killed."""
         for tracker in self.trackers:
-            tracker.post(("stopped", units))
+            tracker.post(Stopped(units))
 
     def note_loaded(self, tasks: list[tuple[str, str]]) -> None:
         """Final tasks ``(key, name)`` whose results a resumed run loaded instead of running."""
         self.loaded += len(tasks)
         for tracker in self.trackers:
-            tracker.post(("loaded", tasks))
+            tracker.post(Loaded(tasks))
 
     def add_tracker(self, tracker: Any) -> None:
         with self._lock:
@@ -250,8 +266,8 @@ class Monitor:
 
     def summary(self) -> RunSummary:
         records = list(self.tasks)  # a snapshot: workers may still be reporting
-        done = [r for r in records if r[OK]]
-        failed_keys = {f["key"] for f in self.failures} | {r[KEY] for r in records if not r[OK]}
+        done = [r for r in records if r.ok]
+        failed_keys = {f.key for f in self.failures} | {r.key for r in records if not r.ok}
         ended = self.ended if self.ended is not None else time.time()
         return RunSummary(
             wall_seconds=ended - self.started,
@@ -272,7 +288,10 @@ class Monitor:
         """The data of ``run.json`` and of the HTML report (columnar task records)."""
         records = list(self.tasks)
         columns = ("key", "name", "worker", "start", "wall", "cpu", "peak_rss_mb", "ok")
-        rows = [(*r[:CPU_PER_WALL], r[WALL] * r[CPU_PER_WALL], *r[RSS:]) for r in records]
+        rows = [
+            (r.key, r.name, r.worker, r.start, r.wall, r.wall * r.cpu_per_wall, r.peak_rss_mb, r.ok)
+            for r in records
+        ]
         tasks = {column: [row[i] for row in rows] for i, column in enumerate(columns)}
         return {
             "version": 1,
@@ -281,26 +300,26 @@ class Monitor:
             "ended": self.ended if self.ended is not None else time.time(),
             "tasks": tasks,
             "memory": _memory_series(records),
-            "failures": list(self.failures),
+            "failures": [failure._asdict() for failure in self.failures],
             "summary": self.summary().to_dict(),
         }
 
 
-def _throughput(done: list[tuple[Any, ...]]) -> float:
+def _throughput(done: list[TaskRecord]) -> float:
     """Tasks per second over the span in which tasks ran."""
     if not done:
         return 0.0
-    first = min(r[START] for r in done)
-    last = max(r[START] + r[WALL] for r in done)
+    first = min(r.start for r in done)
+    last = max(r.start + r.wall for r in done)
     return len(done) / max(last - first, 1e-9)
 
 
-def _stats_by_name(done: list[tuple[Any, ...]]) -> dict[str, NameStats]:
+def _stats_by_name(done: list[TaskRecord]) -> dict[str, NameStats]:
     walls: dict[str, list[float]] = {}
     peaks: dict[str, float | None] = {}
     for record in done:
-        walls.setdefault(record[NAME], []).append(record[WALL])
-        peaks[record[NAME]] = _max(peaks.get(record[NAME]), record[RSS])
+        walls.setdefault(record.name, []).append(record.wall)
+        peaks[record.name] = _max(peaks.get(record.name), record.peak_rss_mb)
     stats = {}
     for name, values in walls.items():
         values.sort()
@@ -316,23 +335,23 @@ def _stats_by_name(done: list[tuple[Any, ...]]) -> dict[str, NameStats]:
     return dict(sorted(stats.items(), key=lambda item: -item[1].total_s))
 
 
-def _worker_facts(records: Iterable[tuple[Any, ...]]) -> dict[str, dict[str, Any]]:
+def _worker_facts(records: Iterable[TaskRecord]) -> dict[str, dict[str, Any]]:
     facts: dict[str, dict[str, Any]] = {}
     for record in records:
-        entry = facts.setdefault(record[WORKER], {"tasks": 0, "peak_rss_mb": None})
+        entry = facts.setdefault(record.worker, {"tasks": 0, "peak_rss_mb": None})
         entry["tasks"] += 1
-        entry["peak_rss_mb"] = _max(entry["peak_rss_mb"], record[RSS])
+        entry["peak_rss_mb"] = _max(entry["peak_rss_mb"], record.peak_rss_mb)
     return dict(sorted(facts.items()))
 
 
-def _memory_series(records: list[tuple[Any, ...]]) -> dict[str, list[Any]]:
+def _memory_series(records: list[TaskRecord]) -> dict[str, list[Any]]:
     """Peak RSS per worker over time, from the task records: at most MEMORY_POINTS per worker,
     each the highest peak of its time bucket."""
     by_worker: dict[str, list[tuple[float, float]]] = {}
     for record in records:
-        if record[RSS] is not None:
-            by_worker.setdefault(record[WORKER], []).append(
-                (record[START] + record[WALL], record[RSS])
+        if record.peak_rss_mb is not None:
+            by_worker.setdefault(record.worker, []).append(
+                (record.start + record.wall, record.peak_rss_mb)
             )
     series: dict[str, list[Any]] = {"worker": [], "time": [], "rss_mb": []}
     for worker, points in sorted(by_worker.items()):

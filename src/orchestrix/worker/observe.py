@@ -52,9 +52,11 @@ class WorkerSettings:
     own_process: bool = True
 
 
-def worker_name() -> str:
-    """``host-pid``: the name of this worker in logs, file names and reports."""
-    return f"{socket.gethostname()}-{os.getpid()}"
+def worker_name(pid: int | None = None) -> str:
+    """``host-pid``: the name of a worker in logs, file names and reports; that of this process
+    by default, or of the worker process ``pid`` (the pool names its workers as they name
+    themselves)."""
+    return f"{socket.gethostname()}-{os.getpid() if pid is None else pid}"
 
 
 class UsageMeter:

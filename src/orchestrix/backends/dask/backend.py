@@ -27,6 +27,7 @@ from ... import failures
 from ...errors import TaskError
 from ...failures import Failure, TaskFailure, portable_failure
 from ...graph.factorize import WorkUnit
+from ...monitoring.records import LabelledTask, LabelledUnit, UnitRun
 from ...runcontext import in_this_run
 from ...worker.execute import UnitFailed, UnitOutcome
 from ...worker.transfer import dumps_work
@@ -39,6 +40,8 @@ from .tasks import (
     MemoryLogger,
     ObserverPlugin,
     Shipped,
+    UnitReport,
+    UnitStart,
     completed_count,
     fail_unit_task,
     restart_unblamed,
@@ -250,18 +253,19 @@ class DaskBackend(Backend):
             return failures.killed_worker_error(unit.key, unit.name, self.config.retries, exc)
         return failures.scheduler_error(unit.key, unit.name, exc)
 
-    def _on_unit_event(self, event: tuple[float, list[Any]]) -> None:
-        """A worker ran a unit (a dask event, in the client's event loop): record it."""
-        key, labels, worker, started, walls, cpu_per_wall, peak_rss_mb, ok, growth = event[1]
-        unit = _Labels(key, [_Labels(task_key, name) for task_key, name in labels])
-        entry = (unit, started, walls, ok, growth)
-        self.monitor.record_units(worker, cpu_per_wall, peak_rss_mb, [entry])
+    def _on_unit_event(self, event: tuple[float, Any]) -> None:
+        """A worker ran a unit (a dask event ``(time, message)``, in the client's event loop):
+        record it."""
+        report = UnitReport._make(event[1])  # dask delivers the record as a plain sequence
+        run = UnitRun(_labelled(report.key, report.labels), report.started, report.walls,
+                      report.ok, report.growth_mb)  # fmt: skip
+        self.monitor.record_units(report.worker, report.cpu_per_wall, report.peak_rss_mb, [run])
 
-    def _on_start_event(self, event: tuple[float, list[Any]]) -> None:
+    def _on_start_event(self, event: tuple[float, Any]) -> None:
         """A worker starts a unit (a dask event, in the client's event loop)."""
-        key, labels, worker, when = event[1]
-        unit = _Labels(key, [_Labels(task_key, name) for task_key, name in labels])
-        self.monitor.note_started([unit], worker, when)
+        start = UnitStart._make(event[1])
+        unit = _labelled(start.key, start.labels)
+        self.monitor.note_started([unit], start.worker, start.when)
 
     def _restart_later(self, workers: list[str]) -> None:
         """Restart workers without blocking distributed's callback thread."""
@@ -336,17 +340,9 @@ def _stall_error(limit: float, unit: WorkUnit) -> TaskError:
     return failures.stall_error(unit.key, unit.name, limit, running=False)
 
 
-class _Labels:
-    """What the monitor reads of a unit (or a task): its key, name and tasks."""
-
-    __slots__ = ("key", "name", "tasks")
-
-    def __init__(self, key: str, tasks_or_name: Any) -> None:
-        self.key = key
-        if isinstance(tasks_or_name, str):
-            self.name, self.tasks = tasks_or_name, [self]
-        else:
-            self.name, self.tasks = "", tasks_or_name
+def _labelled(key: str, labels: list[list[str]]) -> LabelledUnit:
+    """The unit a worker reported, as the monitor reads it (see ``UnitLabels``)."""
+    return LabelledUnit(key, [LabelledTask(task_key, name) for task_key, name in labels])
 
 
 def _unpicklable(unit: WorkUnit, exc: BaseException) -> bytes:

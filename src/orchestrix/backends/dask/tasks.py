@@ -10,7 +10,7 @@ import pickle
 import threading
 import time
 import traceback
-from typing import Any
+from typing import Any, NamedTuple
 
 from distributed import SchedulerPlugin, WorkerPlugin
 from distributed.protocol import dask_deserialize, dask_serialize
@@ -29,6 +29,8 @@ __all__ = [
     "MemoryLogger",
     "ObserverPlugin",
     "Shipped",
+    "UnitReport",
+    "UnitStart",
     "completed_count",
     "fail_unit_task",
     "restart_unblamed",
@@ -54,6 +56,37 @@ class Label:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (Label, (self.key, self.name))
+
+
+class UnitStart(NamedTuple):
+    """A worker starts a unit (posted on ``START_TOPIC``). dask's messages carry it as a plain
+    sequence: the caller rebuilds it with ``UnitStart._make``."""
+
+    key: str
+    #: ``[key, name]`` of each task of the unit, in order
+    labels: list[list[str]]
+    worker: str
+    #: epoch seconds
+    when: float
+
+
+class UnitReport(NamedTuple):
+    """A worker ran a unit (posted on ``TASK_TOPIC``); rebuilt with ``UnitReport._make``."""
+
+    key: str
+    #: ``[key, name]`` of each task of the unit, in order
+    labels: list[list[str]]
+    worker: str
+    #: when its first task began, epoch seconds
+    started: float
+    #: the wall seconds of each task that ran; the last one failed unless ``ok``
+    walls: list[float]
+    #: CPU seconds per wall second over the unit
+    cpu_per_wall: float
+    peak_rss_mb: float | None
+    ok: bool
+    #: private memory growth (MB) per task, in loop testing only
+    growth_mb: list[float] | None
 
 
 class Shipped:
@@ -122,7 +155,7 @@ def run_unit_task(
         ) from None
     inputs = dict(zip(unit.deps, _unshipped(label, values), strict=True))
     if _observer is not None and _observer.settings.out_dir is not None:
-        _post(START_TOPIC, [unit.key, _labels(unit), _observer.name, time.time()])
+        _post(START_TOPIC, UnitStart(unit.key, _labels(unit), _observer.name, time.time()))
     if timeout is None:
         outcome = _run_measured(unit, inputs)
     else:
@@ -190,17 +223,17 @@ def _run_measured(unit: WorkUnit, inputs: dict[str, Any]) -> UnitOutcome:
 
 def _report_unit(unit: WorkUnit, outcome: UnitOutcome) -> None:
     """Tell the client that this unit ran (a dask event): its timing and memory."""
-    event = [
-        unit.key,
-        _labels(unit),
-        _observer.name if _observer is not None else "",
-        outcome.started,
-        outcome.walls,
-        outcome.cpu_per_wall(),
-        outcome.usage[1] if outcome.usage is not None else None,
-        outcome.failure is None,
-        outcome.growth_mb,
-    ]
+    event = UnitReport(
+        key=unit.key,
+        labels=_labels(unit),
+        worker=_observer.name if _observer is not None else "",
+        started=outcome.started,
+        walls=outcome.walls,
+        cpu_per_wall=outcome.cpu_per_wall(),
+        peak_rss_mb=outcome.usage[1] if outcome.usage is not None else None,
+        ok=outcome.failure is None,
+        growth_mb=outcome.growth_mb,
+    )
     _post(TASK_TOPIC, event)
 
 
@@ -208,7 +241,7 @@ def _labels(unit: WorkUnit) -> list[list[str]]:
     return [[node.key, node.name] for node in unit.tasks]
 
 
-def _post(topic: str, event: list[Any]) -> None:
+def _post(topic: str, event: UnitStart | UnitReport) -> None:
     try:
         from distributed import get_worker
 

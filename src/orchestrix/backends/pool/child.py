@@ -36,6 +36,7 @@ from .protocol import (
     ResultWindow,
     RunBatch,
     StartFailed,
+    UnitWork,
     recv_message,
     send_message,
 )
@@ -162,10 +163,11 @@ class _Worker:
             return
         results: list[JobResult] = []
         last_send = time.monotonic()
-        for position, (job_id, (unit, inputs)) in enumerate(zip(job_ids, work, strict=True)):
+        item: UnitWork
+        for position, (job_id, item) in enumerate(zip(job_ids, work, strict=True)):
             if position:
                 self.counter.value += 1
-            status, data, outcome = self.run_job(unit, inputs)
+            status, data, outcome = self.run_job(item.unit, item.inputs)
             results.append(
                 JobResult(job_id, status, data, outcome.started, outcome.walls, outcome.growth_mb)
             )

@@ -15,6 +15,7 @@ give up on workers that cannot start) are pure functions in :mod:`.mp_policy`.
 
 from __future__ import annotations
 
+import enum
 import itertools
 import logging
 import math
@@ -31,6 +32,7 @@ from ... import failures
 from ...errors import OrchestrixError, TaskError
 from ...failures import TaskFailure
 from ...graph.factorize import WorkUnit
+from ...monitoring.records import UnitRun
 from ...runcontext import in_this_run
 from ...worker.execute import UnitOutcome
 from ...worker.transfer import create_dump_dir, dumps_work, materialize
@@ -39,7 +41,7 @@ from . import policy, processes
 from .ledger import Job, Ledger
 from .policy import MAX_STARTUP_FAILURES, Cause, Verdict
 from .processes import StopReason, Worker, interruption_error
-from .protocol import JobResult, JobStatus, ResultWindow, RunBatch, StartFailed
+from .protocol import JobResult, JobStatus, ResultWindow, RunBatch, StartFailed, UnitWork
 
 __all__ = ["MultiprocessingBackend"]
 
@@ -52,7 +54,21 @@ RESPAWN_DELAY_SECONDS = 0.2
 CLOSE_JOIN_SECONDS = 15.0
 
 _IN, _OUT = select.POLLIN, select.POLLOUT
-_CHANNEL, _EXIT, _WAKE = "channel", "exit", "wake"
+
+
+class _Handle(enum.Enum):
+    """What a file descriptor the manager polls is."""
+
+    #: a worker's socket: results (or its start failure) arrive, queued batches drain
+    CHANNEL = "channel"
+    #: a worker process's exit handle: it becomes readable when the process ends
+    EXIT = "exit"
+    #: the read end of the wake-up pipe: a job was added, or the pool closes
+    WAKE = "wake"
+
+
+_CHANNEL, _EXIT, _WAKE = _Handle.CHANNEL, _Handle.EXIT, _Handle.WAKE
+_new = tuple.__new__  # a record per unit at half the cost of its class (see .records)
 
 
 class MultiprocessingBackend(Backend):
@@ -65,7 +81,7 @@ class MultiprocessingBackend(Backend):
         self._ids = itertools.count()
         self._workers: list[Worker] = []
         self._poll = select.poll()
-        self._handles: dict[int, tuple[str, Worker | None]] = {}
+        self._handles: dict[int, tuple[_Handle, Worker | None]] = {}
         self._mean_seconds: float | None = None
         self._last_completion = time.monotonic()
         self._next_memory_sample = 0.0
@@ -199,7 +215,7 @@ class MultiprocessingBackend(Backend):
         for _ in due:
             self._spawn_replacement()
 
-    def _register(self, fd: int, kind: str, worker: Worker | None) -> None:
+    def _register(self, fd: int, kind: _Handle, worker: Worker | None) -> None:
         self._poll.register(fd, _IN)
         self._handles[fd] = (kind, worker)
 
@@ -212,11 +228,11 @@ class MultiprocessingBackend(Backend):
         exited = []
         for fd, events in self._poll.poll(milliseconds):
             kind, worker = self._handles.get(fd, (None, None))
-            if kind == _WAKE:
+            if kind is _WAKE:
                 self._drain_wake_pipe()
-            elif kind == _CHANNEL and worker is not None:
+            elif kind is _CHANNEL and worker is not None:
                 self._on_channel(worker, events)
-            elif kind == _EXIT and worker is not None:
+            elif kind is _EXIT and worker is not None:
                 exited.append(worker)
         for worker in exited:
             self._on_exit(worker)
@@ -299,18 +315,19 @@ class MultiprocessingBackend(Backend):
         """Pickle the jobs together (a function shared by many jobs is pickled once); if that
         fails, find and fail the jobs that cannot be pickled, and send the others."""
         try:
-            return dumps_work([(job.unit, job.inputs) for job in jobs]), jobs
+            return dumps_work([UnitWork(job.unit, job.inputs) for job in jobs]), jobs
         except BaseException:  # noqa: BLE001 - a hostile __reduce__ may raise anything
             pass
         good = []
         for job in jobs:
             try:
-                dumps_work((job.unit, job.inputs))
+                dumps_work(UnitWork(job.unit, job.inputs))
             except BaseException as exc:  # noqa: BLE001 - report what could not be pickled
                 self._fail_unpicklable(job, exc)
             else:
                 good.append(job)
-        return (dumps_work([(job.unit, job.inputs) for job in good]) if good else b""), good
+        work = [UnitWork(job.unit, job.inputs) for job in good]
+        return (dumps_work(work) if work else b""), good
 
     def _retire_if_due(self, worker: Worker) -> None:
         limit = self.config.max_tasks_per_worker
@@ -331,7 +348,7 @@ class MultiprocessingBackend(Backend):
         worker.last_progress = self._last_completion = now
         results = window.results
         window_wall = sum(sum(result.walls) for result in results)
-        ran = []
+        ran: list[UnitRun] = []
         for result in results:
             job = worker.outstanding.popleft()
             if job.id != result.job_id:
@@ -342,7 +359,7 @@ class MultiprocessingBackend(Backend):
             self._mean_seconds = policy.running_mean(self._mean_seconds, seconds)
             if walls:
                 ok = result.status is JobStatus.OK
-                ran.append((job.unit, result.started, walls, ok, result.growth_mb))
+                ran.append(_new(UnitRun, (job.unit, result.started, walls, ok, result.growth_mb)))
             self._deliver(job, result, worker.name)
         cpu_per_wall = window.cpu_seconds / window_wall if window_wall > 0 else 0.0
         self.monitor.record_units(worker.name, cpu_per_wall, window.peak_rss_mb, ran)

@@ -17,7 +17,7 @@ from typing import Any
 
 from ... import failures
 from ...errors import TaskError
-from ...worker.observe import WorkerSettings
+from ...worker.observe import WorkerSettings, worker_name
 from .child import worker_main
 from .policy import Cause
 from .protocol import Channel, Stop
@@ -69,7 +69,7 @@ class Worker:
         self.exitcode: int | None = None  # known once it has ended
         self.start_error: str | None = None  # the traceback it sent if it could not start
         self.peak_rss_mb = 0.0
-        self.name = f"{socket.gethostname()}-{self.pid}"  # as the worker names itself
+        self.name = worker_name(self.pid)  # as the worker names itself
 
     def send_stop(self) -> None:
         self.channel.send(Stop())

@@ -28,6 +28,7 @@ __all__ = [
     "RunBatch",
     "StartFailed",
     "Stop",
+    "UnitWork",
     "recv_message",
     "send_message",
 ]
@@ -53,8 +54,17 @@ class JobStatus(enum.IntEnum):
 # -- parent -> worker -------------------------------------------------------------------------
 
 
+class UnitWork(NamedTuple):
+    """A job's work, one item of a :class:`RunBatch`'s payload."""
+
+    unit: Any  # a WorkUnit
+    #: the value of each of the unit's dependencies, by key
+    inputs: Any
+
+
 class RunBatch(NamedTuple):
-    """Run these jobs in order; ``payload`` pickles a list of ``(unit, inputs)``."""
+    """Run these jobs in order; ``payload`` pickles a list of :class:`UnitWork`, one per job
+    (pickled apart from the message: see ``MultiprocessingBackend._pickle_batch``)."""
 
     job_ids: list[int]
     payload: bytes
