@@ -315,7 +315,7 @@ def test_journal_written_in_the_caller_without_a_writer_process(tmp_path, monkey
 def test_a_dead_writer_does_not_stop_the_run(tmp_path, caplog):
     out = str(tmp_path / "run")
     with ox.Orchestrator(mode="sequential", out_dir=out) as orch:
-        writer = orch.monitor.trackers[0]._process
+        writer = orch.monitor.consumers[0]._process
         writer.kill()
         writer.wait()
         assert orch.compute([inc(i) for i in range(50)]) == list(range(1, 51))

@@ -6,7 +6,7 @@ import pickle
 
 from orchestrix.graph.factorize import WorkUnit
 from orchestrix.graph.tasks import TaskNode
-from orchestrix.monitoring.callbacks import CallbackTracker
+from orchestrix.monitoring.callbacks import CallbackConsumer
 from orchestrix.monitoring.monitor import Monitor
 from orchestrix.monitoring.records import (
     FailureRecord,
@@ -38,7 +38,7 @@ def test_a_chain_that_failed_gives_a_task_record_per_task_that_ran():
 def test_a_failure_is_one_record_for_the_summary_the_report_and_the_trackers():
     monitor = Monitor()
     posted = []
-    monitor.add_tracker(type("Sink", (), {"post": lambda self, event: posted.append(event)})())
+    monitor.add_consumer(type("Sink", (), {"post": lambda self, event: posted.append(event)})())
     monitor.note_failure(TaskFailure("k", "n", ValueError("bad"), "Traceback: ..."), "w1")
     (failure,) = posted
     assert failure == FailureRecord("k", "n", "w1", "ValueError: bad", "Traceback: ...")
@@ -48,11 +48,11 @@ def test_a_failure_is_one_record_for_the_summary_the_report_and_the_trackers():
 
 def test_callbacks_read_recorded_runs_and_failures_by_name():
     seen = []
-    tracker = CallbackTracker(seen.append)
+    consumer = CallbackConsumer(seen.append)
     labelled = LabelledUnit("b", [LabelledTask("a", "na"), LabelledTask("b", "nb")])
-    tracker.post(Recorded("w1", 3.0, [UnitRun(labelled, 5.0, [1.0, 2.0], True, None)]))
-    tracker.post(FailureRecord("c", "nc", "w2", "E: x", None))
-    tracker.close()
+    consumer.post(Recorded("w1", 3.0, [UnitRun(labelled, 5.0, [1.0, 2.0], True, None)]))
+    consumer.post(FailureRecord("c", "nc", "w2", "E: x", None))
+    consumer.close()
     assert [(e.key, e.state, e.worker, e.started, e.ended) for e in seen] == [
         ("a", "DONE", "w1", 5.0, 6.0),
         ("b", "DONE", "w1", 6.0, 8.0),

@@ -121,7 +121,7 @@ def test_a_failed_construction_leaks_nothing(tmp_path, request, mode, cause):
 
 @pytest.mark.timeout(120)
 def test_a_backend_that_fails_to_start_leaks_nothing(tmp_path, monkeypatch):
-    ox.Orchestrator(**MP).close()  # what multiprocessing keeps per process (its tracker, arena)
+    ox.Orchestrator(**MP).close()  # what multiprocessing keeps per process (its consumer, arena)
     _spawn_once(monkeypatch)
     before = _resources()
     with pytest.raises(OSError, match="injected"):
@@ -147,7 +147,7 @@ def test_each_log_holds_only_its_own_runs_records(tmp_path):
     orch_b = ox.Orchestrator(mode="sequential", out_dir=b_dir, on_task_done=_raise)
     try:
         future = orch_a.submit(crash_once.func, marker, "a")  # its retry is logged by A's pool
-        assert orch_b.compute(inc(1)) == 2  # its callback's error is logged by B's tracker
+        assert orch_b.compute(inc(1)) == 2  # its callback's error is logged by B's consumer
         assert future.result(timeout=60) == "a"
         assert orch_a.compute(inc(10)) == 11 and orch_b.compute(inc(20)) == 21
         logging.getLogger("orchestrix").warning("a record of no run")
@@ -168,7 +168,7 @@ def test_each_log_holds_only_its_own_runs_records(tmp_path):
 
 
 def _journal_of(orch):
-    (found,) = [t for t in orch.monitor.trackers if isinstance(t, Journal)]
+    (found,) = [t for t in orch.monitor.consumers if isinstance(t, Journal)]
     return found
 
 

@@ -24,7 +24,7 @@ from .engine.futures import CallbackThread
 from .engine.scheduler import Engine
 from .engine.store import RESULTS_DIR, ResultStore
 from .journal.journal import Journal
-from .monitoring.callbacks import CallbackTracker, TaskEvent
+from .monitoring.callbacks import CallbackConsumer, TaskEvent
 from .monitoring.events import EventConsumer
 from .monitoring.monitor import Monitor, RunSummary
 from .reports.runfiles import RunFiles, write_json
@@ -64,7 +64,7 @@ class Session:
                 _write_used_config(config)
             consumers = _start_consumers(config, on_task_done, undo)
             for consumer in consumers:
-                self.monitor.add_tracker(consumer)
+                self.monitor.add_consumer(consumer)
             facts = {
                 "mode": config.mode,
                 "nb_workers": getattr(config, "nb_workers", None),
@@ -98,7 +98,7 @@ def _start_consumers(
         consumers.append(Journal(config.out_dir, config.resume))
         undo.callback(consumers[-1].close)
     if on_task_done is not None:
-        consumers.append(CallbackTracker(on_task_done))
+        consumers.append(CallbackConsumer(on_task_done))
         undo.callback(consumers[-1].close)
     return tuple(consumers)
 

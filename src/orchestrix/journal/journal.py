@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OrchestrixError
-from ..monitoring.records import Event
+from ..monitoring.records import Event, TaskState
 from ..runcontext import in_this_run
 from .codec import ENCODERS, decode
 
@@ -41,14 +41,9 @@ __all__ = ["JOURNAL_FILE", "STATES", "Journal", "connect", "run_is_alive", "unus
 
 JOURNAL_FILE = "journal.sqlite"
 LOCK_FILE = "journal.lock"
-REGISTERED, TESTING, RUNNING, DONE, FAILED, KILLED = STATES = (
-    "REGISTERED",
-    "TESTING",
-    "RUNNING",
-    "DONE",
-    "FAILED",
-    "KILLED",
-)
+#: every state, in the order a task goes through them (see :class:`TaskState`)
+STATES = tuple(TaskState)
+REGISTERED, TESTING, RUNNING, DONE, FAILED, KILLED = STATES
 #: the longest a task state waits in memory before it is written
 BATCH_SECONDS = 0.25
 #: the longest ``close`` waits for the writer to take the last events and end

@@ -12,17 +12,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .events import Tracker
-from .records import Event, FailureRecord, Recorded
+from .events import EventThread
+from .records import Event, FailureRecord, Recorded, TaskState
 
-__all__ = ["CallbackTracker", "TaskEvent"]
+__all__ = ["CallbackConsumer", "TaskEvent"]
 
 logger = logging.getLogger("orchestrix")
 
 
 @dataclass(frozen=True)
 class TaskEvent:
-    """A task ended: ``state`` is ``"DONE"`` or ``"FAILED"`` (then ``error`` says why)."""
+    """A task ended: ``state`` is ``TaskState.DONE`` or ``TaskState.FAILED`` (then ``error``
+    says why); a state equals its text, ``"DONE"`` or ``"FAILED"``."""
 
     key: str
     name: str
@@ -40,7 +41,7 @@ class TaskEvent:
         return self.ended - self.started
 
 
-class CallbackTracker(Tracker):
+class CallbackConsumer(EventThread):
     """Calls ``on_task_done`` with a :class:`TaskEvent` for each task done or failed.
 
     Failures are reported when the caller learns of them (with the error); tasks that were not
@@ -70,13 +71,17 @@ class CallbackTracker(Tracker):
             for node, wall in zip(run.unit.tasks[:done], walls, strict=False):
                 ended = started + wall
                 self._call(
-                    TaskEvent(node.key, node.name, "DONE", worker, started, ended, peak_rss_mb)
+                    TaskEvent(
+                        node.key, node.name, TaskState.DONE, worker, started, ended, peak_rss_mb
+                    )
                 )
                 started = ended
 
     def _failed(self, failure: FailureRecord) -> None:
         self._call(
-            TaskEvent(failure.key, failure.name, "FAILED", failure.worker, error=failure.error)
+            TaskEvent(
+                failure.key, failure.name, TaskState.FAILED, failure.worker, error=failure.error
+            )
         )
 
     def _call(self, event: TaskEvent) -> None:

@@ -1,8 +1,8 @@
-"""Trackers: consumers of a run's task events (the journal, the user's callbacks).
+"""Consumers of a run's task events (the journal, the user's callbacks).
 
 The monitor posts each event to every consumer (:class:`EventConsumer`), from whatever thread
 reports it; posting is cheap and the work happens in a thread of the consumer's own, so a slow
-disk or a slow callback never holds up the backends. :class:`Tracker` is that for the callbacks
+disk or a slow callback never holds up the backends. :class:`EventThread` is that for the callbacks
 (a queue put per event); the journal flattens events into a buffer instead (see
 :mod:`orchestrix.journal.codec`). Each event kind is a record of :mod:`.records`, and consumers
 dispatch on its type:
@@ -32,13 +32,13 @@ from typing import Protocol
 from ..runcontext import in_this_run
 from .records import Event
 
-__all__ = ["EventConsumer", "Tracker"]
+__all__ = ["EventConsumer", "EventThread"]
 
 logger = logging.getLogger("orchestrix")
 
 
 class _Close:
-    """The end of a tracker's queue (not an event: no consumer sees it)."""
+    """The end of a consumer's queue (not an event: no consumer sees it)."""
 
 
 _CLOSE = _Close()
@@ -46,14 +46,14 @@ _Queued = Event | _Close
 
 
 class EventConsumer(Protocol):
-    """What the monitor posts events to (a :class:`Tracker`, the journal)."""
+    """What the monitor posts events to (a :class:`EventThread`, the journal)."""
 
     def post(self, event: Event) -> None: ...
 
     def close(self) -> None: ...
 
 
-class Tracker:
+class EventThread:
     """Handles posted events in its own thread, in the order they were posted, in batches of
     what arrived meanwhile; the thread sleeps in a queue get while nothing happens."""
 
@@ -77,11 +77,11 @@ class Tracker:
     # -- for subclasses ----------------------------------------------------------------------
 
     def handle(self, events: list[Event]) -> None:
-        """Handle a batch of events (in the tracker's thread)."""
+        """Handle a batch of events (in the consumer's thread)."""
         raise NotImplementedError
 
     def finish(self) -> None:
-        """Called once in the tracker's thread after the last batch."""
+        """Called once in the consumer's thread after the last batch."""
 
     # -- the thread ---------------------------------------------------------------------------
 
@@ -97,7 +97,7 @@ class Tracker:
         finally:
             try:
                 self.finish()
-            except Exception:  # a tracker must not break the caller's run
+            except Exception:  # a consumer must not break the caller's run
                 logger.exception("orchestrix: %s failed while finishing", self._thread.name)
 
     def _handle_safely(self, events: list[Event]) -> None:
@@ -105,7 +105,7 @@ class Tracker:
             return
         try:
             self.handle(events)
-        except Exception:  # a tracker must not break the caller's run
+        except Exception:  # a consumer must not break the caller's run
             logger.exception("orchestrix: %s failed; some task events are lost", self._thread.name)
 
 

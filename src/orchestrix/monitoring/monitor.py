@@ -125,8 +125,8 @@ class Monitor:
         self.loaded = 0
         self.growth: dict[str, list[float]] = {}
         self._listeners: tuple[Listener, ...] = ()
-        #: the journal and the user's callbacks (see :mod:`orchestrix.tracking`)
-        self.trackers: tuple[Any, ...] = ()
+        #: the journal and the user's callbacks (see :mod:`orchestrix.monitoring.events`)
+        self.consumers: tuple[Any, ...] = ()
         self._lock = threading.Lock()
 
     # -- recording (backends) -----------------------------------------------------------------
@@ -169,8 +169,8 @@ class Monitor:
                     self.growth.setdefault(node.name, []).append(growth)
             for listener in listeners:
                 listener(unit.key, len(tasks), ok)
-        for tracker in self.trackers:
-            tracker.post(_new(Recorded, (worker, peak_rss_mb, runs)))
+        for consumer in self.consumers:
+            consumer.post(_new(Recorded, (worker, peak_rss_mb, runs)))
 
     def _record_chain(
         self,
@@ -202,51 +202,51 @@ class Monitor:
             traceback=text,
         )
         self.failures.append(entry)
-        for tracker in self.trackers:
-            tracker.post(entry)
+        for consumer in self.consumers:
+            consumer.post(entry)
 
     def note_retry(self, unit: UnitLabels | None = None) -> None:
         """A unit goes back to the queue (its worker died, or stalled)."""
         self.retried += 1
         if unit is not None:
-            for tracker in self.trackers:
-                tracker.post(Retried(unit))
+            for consumer in self.consumers:
+                consumer.post(Retried(unit))
 
     @property
     def tracks_states(self) -> bool:
         """Whether a consumer (the journal, callbacks) listens to task states."""
-        return bool(self.trackers)
+        return bool(self.consumers)
 
-    # -- task states, for the trackers (see :mod:`orchestrix.tracking`) ------------------------
+    # -- task states, for the consumers (see :mod:`orchestrix.monitoring.events`) -----------
 
     def note_registered(self, units: Sequence[UnitLabels], canary: bool = False) -> None:
         """A run will run these units (``canary``: in its test run, before the others)."""
-        for tracker in self.trackers:
-            tracker.post(Registered(units, canary))
+        for consumer in self.consumers:
+            consumer.post(Registered(units, canary))
 
     def note_started(
         self, units: Sequence[UnitLabels], worker: str, when: float | None = None
     ) -> None:
         """These units were sent to ``worker`` (or began there at ``when``, epoch seconds)."""
-        if self.trackers:
+        if self.consumers:
             event = Started(units, worker, time.time() if when is None else when)
-            for tracker in self.trackers:
-                tracker.post(event)
+            for consumer in self.consumers:
+                consumer.post(event)
 
     def note_stopped(self, units: Sequence[UnitLabels]) -> None:
         """A run stopped early; those of these units that were running are killed."""
-        for tracker in self.trackers:
-            tracker.post(Stopped(units))
+        for consumer in self.consumers:
+            consumer.post(Stopped(units))
 
     def note_loaded(self, tasks: list[tuple[str, str]]) -> None:
         """Final tasks ``(key, name)`` whose results a resumed run loaded instead of running."""
         self.loaded += len(tasks)
-        for tracker in self.trackers:
-            tracker.post(Loaded(tasks))
+        for consumer in self.consumers:
+            consumer.post(Loaded(tasks))
 
-    def add_tracker(self, tracker: Any) -> None:
+    def add_consumer(self, consumer: Any) -> None:
         with self._lock:
-            self.trackers = (*self.trackers, tracker)
+            self.consumers = (*self.consumers, consumer)
 
     def close(self) -> None:
         if self.ended is None:

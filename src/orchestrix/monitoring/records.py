@@ -5,7 +5,7 @@ consumers, each defined once and read by name.
 - :class:`TaskRecord`: the monitor's record of one task execution (read by the summary, the
   report, the progress bars, from other threads than the one that recorded it);
 - :class:`FailureRecord`: a failure the caller is told of;
-- the task events posted to the trackers (:mod:`.events`): :class:`Registered`,
+- the task events posted to the consumers (:mod:`.events`): :class:`Registered`,
   :class:`Started`, :class:`Recorded`, :class:`FailureRecord` (the failed event is the record
   itself), :class:`Retried`, :class:`Stopped`, :class:`Loaded`. Consumers dispatch on the type.
 
@@ -21,6 +21,7 @@ cost, and this runs for every task of every run.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from enum import Enum
 from typing import NamedTuple, Protocol
 
 __all__ = [
@@ -37,9 +38,32 @@ __all__ = [
     "Stopped",
     "TaskLabels",
     "TaskRecord",
+    "TaskState",
     "UnitLabels",
     "UnitRun",
 ]
+
+
+class TaskState(str, Enum):
+    """The state of a task, in the journal and in ``TaskEvent.state``. Stored as its text (a
+    member equals its text: ``TaskState.DONE == "DONE"``), so journals of every version read
+    alike. A task goes REGISTERED -> RUNNING (TESTING in a canary run) -> DONE or FAILED."""
+
+    #: part of a run, not sent to a worker yet (again after a retry: its worker died)
+    REGISTERED = "REGISTERED"
+    #: sent to a worker in the canary run (``canary=N``), before the other targets
+    TESTING = "TESTING"
+    #: sent to a worker
+    RUNNING = "RUNNING"
+    #: finished; or, in a resumed run, a final task whose stored result was loaded
+    DONE = "DONE"
+    #: raised, crashed its worker, timed out or went over memory; the caller was told
+    FAILED = "FAILED"
+    #: was running or waiting when its run stopped (an error elsewhere, Ctrl-C, close, the
+    #: caller killed)
+    KILLED = "KILLED"
+
+    __str__ = str.__str__  # the text, in messages and f-strings, on every Python version
 
 
 class TaskLabels(Protocol):
@@ -160,7 +184,7 @@ class Loaded(NamedTuple):
     tasks: list[tuple[str, str]]
 
 
-#: every event a tracker may be posted
+#: every event a consumer may be posted
 EVENT_TYPES = (Registered, Started, Recorded, FailureRecord, Retried, Stopped, Loaded)
 #: one of EVENT_TYPES
 Event = Registered | Started | Recorded | FailureRecord | Retried | Stopped | Loaded

@@ -42,7 +42,7 @@ class UnitOutcome:
 
 
 class TaskCaller(Protocol):
-    """Runs one task (the profilers of :mod:`orchestrix.observe` wrap it)."""
+    """Runs one task (the profilers of :mod:`orchestrix.worker.observe` wrap it)."""
 
     loop_testing: bool
     last_growth_mb: float

@@ -1,6 +1,7 @@
 """What runs inside dask workers: one orchestrix unit as one dask task, and the memory logger.
 
-Kept apart from the backend so that a worker imports only this and ``orchestrix.execute``.
+Kept apart from the backend so that a worker imports only this, ``orchestrix.worker`` and
+``orchestrix.failures``.
 """
 
 from __future__ import annotations
