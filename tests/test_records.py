@@ -8,7 +8,7 @@ from orchestrix.graph.factorize import WorkUnit
 from orchestrix.graph.tasks import TaskNode
 from orchestrix.monitoring.callbacks import CallbackConsumer
 from orchestrix.monitoring.monitor import Monitor
-from orchestrix.monitoring.records import (
+from orchestrix.records import (
     FailureRecord,
     LabelledTask,
     LabelledUnit,

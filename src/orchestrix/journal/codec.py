@@ -15,7 +15,7 @@ Layout, one record per event (``*`` repeats; lists of keys end with ``None``):
 - ``"T" key* None``: retried; ``"K" key* None``: stopped
 - ``"L" (key name)* None``: loaded from a resumed run's results
 
-:data:`ENCODERS` flattens the caller's events (:mod:`orchestrix.monitoring.records`);
+:data:`ENCODERS` flattens the caller's events (:mod:`orchestrix.records`);
 :func:`decode` gives the writer's records below, which name tasks by key where the caller's
 events hold units. The tags are :class:`Tag`'s values: one definition for both sides.
 """
@@ -26,7 +26,7 @@ import enum
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from ..monitoring.records import (
+from ..records import (
     FailureRecord,
     Loaded,
     Recorded,
@@ -55,19 +55,19 @@ Append = Callable[[Any], None]
 class Tag(str, enum.Enum):
     """The first item of an event's flat record: its kind, on the wire."""
 
-    #: :class:`~orchestrix.monitoring.records.Registered`
+    #: :class:`~orchestrix.records.Registered`
     REGISTERED = "G"
-    #: :class:`~orchestrix.monitoring.records.Started`
+    #: :class:`~orchestrix.records.Started`
     STARTED = "S"
-    #: :class:`~orchestrix.monitoring.records.Recorded`
+    #: :class:`~orchestrix.records.Recorded`
     RECORDED = "R"
-    #: :class:`~orchestrix.monitoring.records.FailureRecord`
+    #: :class:`~orchestrix.records.FailureRecord`
     FAILED = "F"
-    #: :class:`~orchestrix.monitoring.records.Retried`
+    #: :class:`~orchestrix.records.Retried`
     RETRIED = "T"
-    #: :class:`~orchestrix.monitoring.records.Stopped`
+    #: :class:`~orchestrix.records.Stopped`
     STOPPED = "K"
-    #: :class:`~orchestrix.monitoring.records.Loaded`
+    #: :class:`~orchestrix.records.Loaded`
     LOADED = "L"
 
 
@@ -95,7 +95,7 @@ class TasksStarted(NamedTuple):
 
 
 class KeysRun(NamedTuple):
-    """A :class:`~orchestrix.monitoring.records.UnitRun`: the keys of the unit's tasks."""
+    """A :class:`~orchestrix.records.UnitRun`: the keys of the unit's tasks."""
 
     keys: list[str]
     started: float

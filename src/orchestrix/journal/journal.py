@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OrchestrixError
-from ..monitoring.records import Event, TaskState
+from ..records import Event, TaskState
 from ..runcontext import in_this_run
 from .codec import ENCODERS, decode
 

@@ -21,7 +21,7 @@ import sys
 import time
 from typing import Any
 
-from ..monitoring.records import FailureRecord, Loaded
+from ..records import FailureRecord, Loaded
 from .codec import (
     Decoded,
     TasksRecorded,

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..records import Event, FailureRecord, Recorded, TaskState
 from .events import EventThread
-from .records import Event, FailureRecord, Recorded, TaskState
 
 __all__ = ["CallbackConsumer", "TaskEvent"]
 

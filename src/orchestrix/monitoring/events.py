@@ -4,21 +4,21 @@ The monitor posts each event to every consumer (:class:`EventConsumer`), from wh
 reports it; posting is cheap and the work happens in a thread of the consumer's own, so a slow
 disk or a slow callback never holds up the backends. :class:`EventThread` is that for the callbacks
 (a queue put per event); the journal flattens events into a buffer instead (see
-:mod:`orchestrix.journal.codec`). Each event kind is a record of :mod:`.records`, and consumers
-dispatch on its type:
+:mod:`orchestrix.journal.codec`). Each event kind is a record of :mod:`orchestrix.records`, and
+consumers dispatch on its type:
 
-- :class:`~.records.Registered` ``(units, canary)``: a run will run these units (``canary``: in
+- :class:`Registered` ``(units, canary)``: a run will run these units (``canary``: in
   its test run);
-- :class:`~.records.Started` ``(units, worker, when)``: these units were sent to ``worker``
+- :class:`Started` ``(units, worker, when)``: these units were sent to ``worker``
   (epoch seconds);
-- :class:`~.records.Recorded` ``(worker, peak_rss_mb, runs)``: units ran (see
-  ``Monitor.record_units``), a :class:`~.records.UnitRun` each;
-- :class:`~.records.FailureRecord` ``(key, name, worker, error, traceback)``: a task failed, the
+- :class:`Recorded` ``(worker, peak_rss_mb, runs)``: units ran (see
+  ``Monitor.record_units``), a :class:`UnitRun` each;
+- :class:`FailureRecord` ``(key, name, worker, error, traceback)``: a task failed, the
   caller is told;
-- :class:`~.records.Retried` ``(unit)``: a unit goes back to the queue after its worker died;
-- :class:`~.records.Stopped` ``(units)``: the run stopped (an error, Ctrl-C, closing) while these
+- :class:`Retried` ``(unit)``: a unit goes back to the queue after its worker died;
+- :class:`Stopped` ``(units)``: the run stopped (an error, Ctrl-C, closing) while these
   could run;
-- :class:`~.records.Loaded` ``(tasks)``: ``(key, name)`` of final tasks whose stored results a
+- :class:`Loaded` ``(tasks)``: ``(key, name)`` of final tasks whose stored results a
   resumed run loaded.
 """
 
@@ -29,8 +29,8 @@ import queue
 import threading
 from typing import Protocol
 
+from ..records import Event
 from ..runcontext import in_this_run
-from .records import Event
 
 __all__ = ["EventConsumer", "EventThread"]
 

@@ -2,7 +2,7 @@
 
 Backends report every unit they finish (:meth:`Monitor.record_units`, called from whatever thread
 they report from); the progress bars listen; :meth:`Monitor.summary` and :meth:`Monitor.run_data`
-turn the records (:class:`~.records.TaskRecord`) into the run summary and the report's data.
+turn the records (:class:`TaskRecord`) into the run summary and the report's data.
 Recording is kept to a record append per task: it runs for every task of every run (the
 ``timing`` profiling mode, the default).
 """
@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..failures import Failure, recorded
-from .records import (
+from ..records import (
     FailureRecord,
     Loaded,
     Recorded,

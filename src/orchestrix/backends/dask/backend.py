@@ -27,7 +27,7 @@ from ... import failures
 from ...errors import TaskError
 from ...failures import Failure, TaskFailure, portable_failure
 from ...graph.factorize import WorkUnit
-from ...monitoring.records import LabelledTask, LabelledUnit, UnitRun
+from ...records import LabelledTask, LabelledUnit, UnitRun
 from ...runcontext import in_this_run
 from ...worker.execute import UnitFailed, UnitOutcome
 from ...worker.transfer import dumps_work

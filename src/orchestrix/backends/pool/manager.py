@@ -32,7 +32,7 @@ from ... import failures
 from ...errors import OrchestrixError, TaskError
 from ...failures import TaskFailure
 from ...graph.factorize import WorkUnit
-from ...monitoring.records import UnitRun
+from ...records import UnitRun
 from ...runcontext import in_this_run
 from ...worker.execute import UnitOutcome
 from ...worker.transfer import create_dump_dir, dumps_work, materialize

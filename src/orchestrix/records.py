@@ -5,9 +5,14 @@ consumers, each defined once and read by name.
 - :class:`TaskRecord`: the monitor's record of one task execution (read by the summary, the
   report, the progress bars, from other threads than the one that recorded it);
 - :class:`FailureRecord`: a failure the caller is told of;
-- the task events posted to the consumers (:mod:`.events`): :class:`Registered`,
-  :class:`Started`, :class:`Recorded`, :class:`FailureRecord` (the failed event is the record
-  itself), :class:`Retried`, :class:`Stopped`, :class:`Loaded`. Consumers dispatch on the type.
+- the task events posted to the consumers (see :mod:`orchestrix.monitoring.events`):
+  :class:`Registered`, :class:`Started`, :class:`Recorded`, :class:`FailureRecord` (the failed
+  event is the record itself), :class:`Retried`, :class:`Stopped`, :class:`Loaded`. Consumers
+  dispatch on the type;
+- :class:`TaskState`: the states of a task, in the journal and in the callbacks' events.
+
+Pure (standard library only): backends build these records, the monitor, the journal and the
+callbacks read them, and none of them needs to import another to share a definition.
 
 :class:`UnitLabels` and :class:`TaskLabels` say what the monitor and the events read of a unit
 and of its tasks: a :class:`~orchestrix.graph.factorize.WorkUnit` is one, and so is a
