@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from ..graph.factorize import WorkUnit
+from ..records import UnitLabels, UnitRun
 from ..worker.execute import UnitOutcome
 from ..worker.observe import WorkerSettings
 
@@ -36,14 +37,16 @@ class Recorder(Protocol):
         """A unit ran; its time and memory were measured over the unit alone."""
 
     def record_units(
-        self, worker: str, cpu_per_wall: float, peak_rss_mb: float | None, entries: list[Any]
+        self, worker: str, cpu_per_wall: float, peak_rss_mb: float | None, entries: list[UnitRun]
     ) -> None:
         """Units ran in one window of a worker (see ``Monitor.record_units``)."""
 
-    def note_started(self, units: list[Any], worker: str, when: float | None = None) -> None:
+    def note_started(
+        self, units: Sequence[UnitLabels], worker: str, when: float | None = None
+    ) -> None:
         """These units were sent to ``worker`` (or began there at ``when``, epoch seconds)."""
 
-    def note_retry(self, unit: Any = None) -> None:
+    def note_retry(self, unit: UnitLabels | None = None) -> None:
         """A unit goes back to the queue (its worker died, or stalled)."""
 
 

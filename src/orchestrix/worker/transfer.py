@@ -78,7 +78,8 @@ class _WorkPickler(pickle.Pickler):
 def _find_by_name(obj: Any) -> Any:
     """What another process finds under ``obj``'s module and qualified name (None: nothing).
 
-    Workers never import the caller's ``__main__`` (see mp_pool), so its objects go by value."""
+    Workers never import the caller's ``__main__`` (see ``backends.pool.processes``), so its
+    objects go by value."""
     module_name = getattr(obj, "__module__", None)
     qualname = getattr(obj, "__qualname__", "")
     if not module_name or module_name == "__main__" or "<" in qualname:

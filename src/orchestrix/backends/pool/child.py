@@ -1,7 +1,7 @@
 """The worker process of the ``multiprocessing`` backend.
 
 It reads batches of jobs from its socket, runs them in order, and writes back their results in
-windows (:class:`~.mp_protocol.ResultWindow`): a window is sent when the batch of jobs is done, or
+windows (:class:`~.protocol.ResultWindow`): a window is sent when the batch of jobs is done, or
 earlier once ``FLUSH_SECONDS`` have passed since the last send, so that a slow job never holds back
 the results of the fast ones before it and the parent always knows, within that delay, which job
 is running.

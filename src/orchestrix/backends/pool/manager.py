@@ -3,14 +3,14 @@
 One manager thread in the caller's process does all the pool's work: it starts the workers, sends
 them jobs in batches (small jobs many at a time, long jobs one at a time), reads results as they
 come, and waits on the workers' sockets and exit handles together, so a worker that dies is seen at
-once. It never blocks on a worker: its socket ends are non-blocking (see :mod:`.mp_protocol`). The
+once. It never blocks on a worker: its socket ends are non-blocking (see :mod:`.protocol`). The
 waits end early only for the deadlines it enforces: ``per_job_timeout`` (the worker running a job
 too long is killed), ``task_timeout`` (the stall watchdog) and the sampling of the workers' memory
 against ``max_ram_per_worker``. The caller's threads only queue jobs and receive outcomes.
 
-Every job not yet reported is in one ledger (:mod:`.mp_ledger`), which reports each exactly once
+Every job not yet reported is in one ledger (:mod:`.ledger`), which reports each exactly once
 whichever way it ends; the rules that get tuned (batch sizes, retry or fail per cause, when to
-give up on workers that cannot start) are pure functions in :mod:`.mp_policy`.
+give up on workers that cannot start) are pure functions in :mod:`.policy`.
 """
 
 from __future__ import annotations

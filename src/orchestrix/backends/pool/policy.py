@@ -38,13 +38,18 @@ STALL_RETRIES = 1
 
 
 class Cause(enum.Enum):
-    """Why the worker running a job ended (see :class:`.mp_pool.StopReason` for those the pool
-    chose); CRASH when it ended on its own."""
+    """Why the worker running a job ended (see :class:`.processes.StopReason` for those the
+    pool chose); CRASH when it ended on its own."""
 
+    #: it ended on its own: a crash, a signal, an ``os._exit`` in a task
     CRASH = "crash"
+    #: the pool killed it: its job ran longer than ``per_job_timeout``
     TIMEOUT = "timeout"
+    #: the pool killed it: it went over ``max_ram_per_worker``
     MEMORY = "memory"
+    #: the pool restarted it: no job finished anywhere for ``task_timeout``
     STALL = "stall"
+    #: the pool is closing
     CLOSE = "close"
 
 
