@@ -206,10 +206,10 @@ def test_status_command(tmp_path):
 
 
 def test_journal_codec_round_trip():
+    from orchestrix import records as ev
     from orchestrix.graph.factorize import WorkUnit
     from orchestrix.graph.tasks import TaskNode
     from orchestrix.journal import codec
-    from orchestrix.monitoring import records as ev
 
     def unit(*keys):
         return WorkUnit(tuple(TaskNode.call(len, f"n{key}", (), {}, key) for key in keys), ())

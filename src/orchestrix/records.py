@@ -46,6 +46,7 @@ __all__ = [
     "TaskState",
     "UnitLabels",
     "UnitRun",
+    "Usage",
 ]
 
 
@@ -103,6 +104,15 @@ class LabelledUnit(NamedTuple):
 
     key: str
     tasks: Sequence[LabelledTask]
+
+
+class Usage(NamedTuple):
+    """What a process used over a window of work (a unit, or a worker's batch)."""
+
+    #: CPU seconds (of the process, or of the thread that ran the tasks)
+    cpu_s: float
+    #: the highest resident memory of the process over the window, MB
+    peak_rss_mb: float
 
 
 class UnitRun(NamedTuple):

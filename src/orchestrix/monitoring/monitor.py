@@ -133,7 +133,7 @@ class Monitor:
 
     def record_outcome(self, outcome: Any, worker: str) -> None:
         """Record a unit's outcome whose usage was measured over the unit alone."""
-        peak_rss_mb = outcome.usage[1] if outcome.usage is not None else None
+        peak_rss_mb = outcome.usage.peak_rss_mb if outcome.usage is not None else None
         ok = outcome.failure is None
         run = _new(UnitRun, (outcome.unit, outcome.started, outcome.walls, ok, outcome.growth_mb))
         self.record_units(worker, outcome.cpu_per_wall(), peak_rss_mb, [run])

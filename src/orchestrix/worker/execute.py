@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from ..failures import Failure, TaskFailure
 from ..graph.factorize import WorkUnit
 from ..graph.tasks import Ref, TaskNode, map_nested
+from ..records import Usage
 
 __all__ = ["CURRENT", "UnitFailed", "UnitOutcome", "call_task", "resolve", "run_unit"]
 
@@ -33,12 +34,12 @@ class UnitOutcome:
     started: float = 0.0
     walls: list[float] = field(default_factory=list)
     growth_mb: list[float] | None = None
-    usage: tuple[float, float] | None = None  # (CPU s, peak RSS MB), where measured per unit
+    usage: Usage | None = None  # where measured over the unit alone
 
     def cpu_per_wall(self) -> float:
         """CPU seconds per second of the tasks' wall time, where ``usage`` was measured."""
         wall = sum(self.walls)
-        return self.usage[0] / wall if self.usage is not None and wall > 0 else 0.0
+        return self.usage.cpu_s / wall if self.usage is not None and wall > 0 else 0.0
 
 
 class TaskCaller(Protocol):

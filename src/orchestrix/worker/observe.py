@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
+from ..records import Usage
 from .execute import CURRENT, TaskCaller, UnitOutcome, call_task, run_unit
 
 __all__ = [
@@ -85,10 +86,10 @@ class UsageMeter:
                 os.close(self._reset_fd)
                 self._reset_fd = None
 
-    def end(self) -> tuple[float, float]:
-        """(CPU seconds since :meth:`begin`, peak resident MB in the window)."""
+    def end(self) -> Usage:
+        """CPU seconds since :meth:`begin`, peak resident MB in the window."""
         cpu = self._clock() - self._cpu_start
-        return cpu, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return Usage(cpu, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
     def close(self) -> None:
         if self._reset_fd is not None:

@@ -231,7 +231,7 @@ def _report_unit(unit: WorkUnit, outcome: UnitOutcome) -> None:
         started=outcome.started,
         walls=outcome.walls,
         cpu_per_wall=outcome.cpu_per_wall(),
-        peak_rss_mb=outcome.usage[1] if outcome.usage is not None else None,
+        peak_rss_mb=outcome.usage.peak_rss_mb if outcome.usage is not None else None,
         ok=outcome.failure is None,
         growth_mb=outcome.growth_mb,
     )
