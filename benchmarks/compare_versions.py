@@ -23,22 +23,35 @@ from collections.abc import Sequence
 _NUMBER = re.compile(r"^[-+]?[\d,]*\.?\d+(?:[eE][-+]?\d+)?$")
 
 
-def table_numbers(text: str) -> dict[tuple[str, int], float]:
-    """``(row label, column)`` -> number, for every markdown table row of ``text``."""
-    found: dict[tuple[str, int], float] = {}
+def table_numbers(text: str) -> dict[tuple[str, str, str], float]:
+    """``(section, row label, column name)`` -> number, for every markdown table row of
+    ``text``; the section is the last heading above the table (two tables may have a row of the
+    same label)."""
+    found: dict[tuple[str, str, str], float] = {}
+    section, header = "", []
     for line in text.splitlines():
-        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        if len(cells) < 2 or not line.lstrip().startswith("|"):
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            section, header = stripped.lstrip("#").strip(), []
             continue
-        label = cells[0]
+        if not stripped.startswith("|"):
+            header = [] if not stripped else header
+            continue
+        cells = [cell.strip() for cell in stripped.strip("|").split("|")]
+        if not header:
+            header = cells
+            continue
+        if set("".join(cells)) <= set("-: "):
+            continue  # the separator row
         for column, cell in enumerate(cells[1:], start=1):
             number = cell.split()[0] if cell else ""
             if _NUMBER.match(number):
-                found[(label, column)] = float(number.replace(",", ""))
+                name = header[column] if column < len(header) else str(column)
+                found[(section, cells[0], name)] = float(number.replace(",", ""))
     return found
 
 
-def run_once(src: str, command: Sequence[str]) -> dict[tuple[str, int], float]:
+def run_once(src: str, command: Sequence[str]) -> dict[tuple[str, str, str], float]:
     env = dict(os.environ, PYTHONPATH=os.path.abspath(src))
     done = subprocess.run(
         [sys.executable, *command], env=env, capture_output=True, text=True, check=True
@@ -53,18 +66,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="runs of each version")
     parser.add_argument("command", nargs="+", help="the benchmark script and its arguments")
     args = parser.parse_args(argv)
-    runs: dict[str, list[dict[tuple[str, int], float]]] = {"before": [], "after": []}
+    runs: dict[str, list[dict[tuple[str, str, str], float]]] = {"before": [], "after": []}
     for _ in range(args.rounds):
         for version in ("before", "after"):
             runs[version].append(run_once(getattr(args, version), args.command))
     print(f"`{' '.join(args.command)}`: {args.rounds} interleaved rounds per version\n")
-    print("| row | column | before (median) | after (median) | after / before |")
-    print("|---|---|---|---|---|")
+    print("| table | row | column | before (median) | after (median) | after / before |")
+    print("|---|---|---|---|---|---|")
     for cell in sorted(set(runs["before"][0]) & set(runs["after"][0])):
         before = statistics.median(run[cell] for run in runs["before"] if cell in run)
         after = statistics.median(run[cell] for run in runs["after"] if cell in run)
         ratio = f"{after / before:.3f}" if before else "-"
-        print(f"| {cell[0]} | {cell[1]} | {before:g} | {after:g} | {ratio} |")
+        print(f"| {cell[0]} | {cell[1]} | {cell[2]} | {before:g} | {after:g} | {ratio} |")
 
 
 if __name__ == "__main__":

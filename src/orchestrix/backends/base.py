@@ -28,10 +28,9 @@ class Recorder(Protocol):
     """What a backend tells the record keeper of its run (the session's
     :class:`~orchestrix.monitoring.monitor.Monitor`), from whatever thread it reports from."""
 
-    @property
-    def tracks_states(self) -> bool:
-        """Whether task states (sent, started) are wanted: a journal or callbacks listen.
-        Backends skip building the events when not."""
+    #: whether task states (sent, started) are wanted: a journal or callbacks listen. Backends
+    #: skip building the events when not.
+    tracks_states: bool
 
     def record_outcome(self, outcome: UnitOutcome, worker: str) -> None:
         """A unit ran; its time and memory were measured over the unit alone."""

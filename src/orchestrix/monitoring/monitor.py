@@ -127,6 +127,8 @@ class Monitor:
         self._listeners: tuple[Listener, ...] = ()
         #: the journal and the user's callbacks (see :mod:`orchestrix.monitoring.events`)
         self.consumers: tuple[Any, ...] = ()
+        #: whether a consumer listens to task states (a plain attribute: read for every unit)
+        self.tracks_states = False
         self._lock = threading.Lock()
 
     # -- recording (backends) -----------------------------------------------------------------
@@ -212,11 +214,6 @@ class Monitor:
             for consumer in self.consumers:
                 consumer.post(Retried(unit))
 
-    @property
-    def tracks_states(self) -> bool:
-        """Whether a consumer (the journal, callbacks) listens to task states."""
-        return bool(self.consumers)
-
     # -- task states, for the consumers (see :mod:`orchestrix.monitoring.events`) -----------
 
     def note_registered(self, units: Sequence[UnitLabels], canary: bool = False) -> None:
@@ -247,6 +244,7 @@ class Monitor:
     def add_consumer(self, consumer: Any) -> None:
         with self._lock:
             self.consumers = (*self.consumers, consumer)
+            self.tracks_states = True
 
     def close(self) -> None:
         if self.ended is None:

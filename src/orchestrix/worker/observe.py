@@ -39,6 +39,7 @@ __all__ = [
 WARM_UP_RUNS = 2
 #: then this many times, measuring what each run leaves behind; then once more for the result
 MEASURED_RUNS = 3
+_new = tuple.__new__
 WORKER_LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s [%(task)s] %(message)s"
 
 
@@ -89,7 +90,8 @@ class UsageMeter:
     def end(self) -> Usage:
         """CPU seconds since :meth:`begin`, peak resident MB in the window."""
         cpu = self._clock() - self._cpu_start
-        return Usage(cpu, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return _new(Usage, (cpu, peak_rss_mb))  # per unit: half the cost of Usage(...)
 
     def close(self) -> None:
         if self._reset_fd is not None:
