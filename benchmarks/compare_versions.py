@@ -1,7 +1,7 @@
 """Run one benchmark against two source trees of orchestrix, interleaved, and print the ratios.
 
 A change that must not slow anything down (a refactoring) is measured this way: the two versions
-run in turns in the same session (before, after, before, after...), so that the machine's noise
+run in turns in the same session (before, after, after, before...), so that the machine's noise
 (other jobs, CPU frequency) falls on both alike. Every number of every markdown table row the
 benchmark prints is collected per version; the report gives each row's medians and the ratio
 after / before.
@@ -67,8 +67,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("command", nargs="+", help="the benchmark script and its arguments")
     args = parser.parse_args(argv)
     runs: dict[str, list[dict[tuple[str, str, str], float]]] = {"before": [], "after": []}
-    for _ in range(args.rounds):
-        for version in ("before", "after"):
+    for round_ in range(args.rounds):
+        # before-after, then after-before: a drift over the session (a warming cache, a
+        # neighbour's job) does not always fall on the same version
+        order = ("before", "after") if round_ % 2 == 0 else ("after", "before")
+        for version in order:
             runs[version].append(run_once(getattr(args, version), args.command))
     print(f"`{' '.join(args.command)}`: {args.rounds} interleaved rounds per version\n")
     print("| table | row | column | before (median) | after (median) | after / before |")

@@ -234,7 +234,17 @@ def test_journal_codec_round_trip():
     for event in events:
         codec.ENCODERS[type(event)](flat.append, event)
     assert all(item is None or type(item) in (str, int, float, bool) for item in flat)
-    assert flat[0] == "G" and "R" in flat  # the wire format of earlier versions
+    # exactly what orchestrix 0.1.0's encoder wrote for the same events (its tuples): the wire
+    # format did not change when records replaced them
+    assert flat == [
+        "G", 1, "a", "na", "b", "nb", "c", "nc", None,
+        "S", "w1", 12.5, "a", "b", None,
+        "R", "w1", 30.0, 2, 12.5, False, 2, "a", "b", 1, 0.5, 13.0, True, 1, "c", 1, 1.0,
+        "F", "b", "nb", "w1", "E: x",
+        "T", "c", None,
+        "K", "a", "b", "c", None,
+        "L", "d", "nd", None,
+    ]  # fmt: skip
     registered, started, recorded, failed, retried, stopped, loaded = codec.decode(flat)
     assert registered == codec.TasksRegistered(
         tasks=[("a", "na"), ("b", "nb"), ("c", "nc")], canary=1

@@ -36,7 +36,6 @@ from .protocol import (
     ResultWindow,
     RunBatch,
     StartFailed,
-    UnitWork,
     recv_message,
     send_message,
 )
@@ -163,11 +162,11 @@ class _Worker:
             return
         results: list[JobResult] = []
         last_send = time.monotonic()
-        item: UnitWork
-        for position, (job_id, item) in enumerate(zip(job_ids, work, strict=True)):
+        work_of_jobs = zip(job_ids, work.units, work.inputs, strict=True)
+        for position, (job_id, unit, inputs) in enumerate(work_of_jobs):
             if position:
                 self.counter.value += 1
-            status, data, outcome = self.run_job(item.unit, item.inputs)
+            status, data, outcome = self.run_job(unit, inputs)
             results.append(
                 JobResult(job_id, status, data, outcome.started, outcome.walls, outcome.growth_mb)
             )

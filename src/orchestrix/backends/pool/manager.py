@@ -41,7 +41,7 @@ from . import policy, processes
 from .ledger import Job, Ledger
 from .policy import MAX_STARTUP_FAILURES, Cause, Verdict
 from .processes import StopReason, Worker, interruption_error
-from .protocol import JobResult, JobStatus, ResultWindow, RunBatch, StartFailed, UnitWork
+from .protocol import BatchWork, JobResult, JobStatus, ResultWindow, RunBatch, StartFailed
 
 __all__ = ["MultiprocessingBackend"]
 
@@ -315,19 +315,18 @@ class MultiprocessingBackend(Backend):
         """Pickle the jobs together (a function shared by many jobs is pickled once); if that
         fails, find and fail the jobs that cannot be pickled, and send the others."""
         try:
-            return dumps_work([UnitWork(job.unit, job.inputs) for job in jobs]), jobs
+            return dumps_work(_work_of(jobs)), jobs
         except BaseException:  # noqa: BLE001 - a hostile __reduce__ may raise anything
             pass
         good = []
         for job in jobs:
             try:
-                dumps_work(UnitWork(job.unit, job.inputs))
+                dumps_work(_work_of([job]))
             except BaseException as exc:  # noqa: BLE001 - report what could not be pickled
                 self._fail_unpicklable(job, exc)
             else:
                 good.append(job)
-        work = [UnitWork(job.unit, job.inputs) for job in good]
-        return (dumps_work(work) if work else b""), good
+        return (dumps_work(_work_of(good)) if good else b""), good
 
     def _retire_if_due(self, worker: Worker) -> None:
         limit = self.config.max_tasks_per_worker
@@ -495,3 +494,7 @@ class MultiprocessingBackend(Backend):
 
 def _failing_with(message: str) -> Callable[[WorkUnit], TaskError]:
     return lambda unit: failures.broken_pool_error(unit.key, unit.name, message)
+
+
+def _work_of(jobs: list[Job]) -> BatchWork:
+    return BatchWork([job.unit for job in jobs], [job.inputs for job in jobs])

@@ -28,7 +28,7 @@ __all__ = [
     "RunBatch",
     "StartFailed",
     "Stop",
-    "UnitWork",
+    "BatchWork",
     "recv_message",
     "send_message",
 ]
@@ -54,17 +54,20 @@ class JobStatus(enum.IntEnum):
 # -- parent -> worker -------------------------------------------------------------------------
 
 
-class UnitWork(NamedTuple):
-    """A job's work, one item of a :class:`RunBatch`'s payload."""
+class BatchWork(NamedTuple):
+    """The work of a :class:`RunBatch`'s jobs, what its payload pickles: one record per batch,
+    not per job (a record per job would cost the manager a Python-level reduction per job;
+    pickling is its hot path)."""
 
-    unit: Any  # a WorkUnit
-    #: the value of each of the unit's dependencies, by key
-    inputs: Any
+    #: the WorkUnit of each job, in the batch's order
+    units: list[Any]
+    #: the inputs of each job (its dependencies' values by key), in the same order
+    inputs: list[Any]
 
 
 class RunBatch(NamedTuple):
-    """Run these jobs in order; ``payload`` pickles a list of :class:`UnitWork`, one per job
-    (pickled apart from the message: see ``MultiprocessingBackend._pickle_batch``)."""
+    """Run these jobs in order; ``payload`` pickles their :class:`BatchWork` (pickled apart from
+    the message: see ``MultiprocessingBackend._pickle_batch``)."""
 
     job_ids: list[int]
     payload: bytes
