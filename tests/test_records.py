@@ -1,4 +1,4 @@
-"""The records that cross threads and processes are read by name (monitoring/records.py)."""
+"""The records that cross threads and processes are read by name (orchestrix/records.py)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def test_a_chain_that_failed_gives_a_task_record_per_task_that_ran():
     monitor = Monitor()
     chain = unit("a", "b", "c")  # "b" failed, "c" never ran
     monitor.record_units("w1", 0.5, 42.0, [UnitRun(chain, 10.0, [1.0, 2.0], False, None)])
-    first, second = monitor.tasks
+    first, second = monitor.task_records()
     assert type(first) is TaskRecord
     assert first == TaskRecord("a", "na", "w1", 10.0, 1.0, 0.5, 42.0, True)
     assert (second.key, second.start, second.wall, second.ok) == ("b", 11.0, 2.0, False)
@@ -69,3 +69,16 @@ def test_dask_unit_reports_survive_pickle_and_a_plain_sequence():
     # dask's messages carry it as a list: the caller rebuilds it by its one definition
     assert UnitReport._make(list(report)).cpu_per_wall == 0.9
     assert UnitStart._make(["k", [["k", "n"]], "w", 2.0]).when == 2.0
+
+
+def test_the_task_records_a_run_keeps_are_not_walked_by_the_collector():
+    # A run keeps a record per task: a tracked one each would make every full collection walk
+    # them all (the caller's cost per task would grow with the run, as in issue 12).
+    import gc
+
+    monitor = Monitor()
+    runs = [UnitRun(unit(f"k{i}"), 1.0, [0.5], True, None) for i in range(1000)]
+    monitor.record_units("w1", 0.5, 42.0, runs)
+    gc.collect()
+    assert sum(map(gc.is_tracked, monitor.tasks)) == 0
+    assert monitor.task_records()[-1].key == "k999"

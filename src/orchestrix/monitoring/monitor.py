@@ -118,8 +118,12 @@ class Monitor:
     def __init__(self) -> None:
         self.started = time.time()
         self.ended: float | None = None
-        #: one record per task execution, in the order they were reported
-        self.tasks: list[TaskRecord] = []
+        #: one record per task execution, in the order they were reported: plain tuples in the
+        #: field order of :class:`TaskRecord` (read them as records with :meth:`task_records`).
+        #: Plain, because a run keeps one per task and the garbage collector stops walking a
+        #: tuple of strings and numbers, never a NamedTuple (a tuple subclass): a million
+        #: records would be walked at every full collection.
+        self.tasks: list[tuple[Any, ...]] = []
         self.failures: list[FailureRecord] = []
         self.retried = 0
         self.loaded = 0
@@ -160,9 +164,8 @@ class Monitor:
             tasks = unit.tasks
             if len(walls) == 1:
                 node = tasks[0]
-                values = (node.key, node.name, worker, run.started, walls[0], cpu_per_wall,
-                          peak_rss_mb, ok)  # fmt: skip
-                append(_new(TaskRecord, values))
+                append((node.key, node.name, worker, run.started, walls[0], cpu_per_wall,
+                        peak_rss_mb, ok))  # fmt: skip
             else:
                 self._record_chain(tasks, worker, run.started, walls, cpu_per_wall, peak_rss_mb, ok)
             growth_mb = run.growth_mb
@@ -186,9 +189,8 @@ class Monitor:
     ) -> None:
         last = len(walls) - 1
         for index, (node, wall) in enumerate(zip(tasks, walls, strict=False)):
-            values = (node.key, node.name, worker, started, wall, cpu_per_wall, peak_rss_mb,
-                      ok or index < last)  # fmt: skip
-            self.tasks.append(_new(TaskRecord, values))
+            self.tasks.append((node.key, node.name, worker, started, wall, cpu_per_wall,
+                               peak_rss_mb, ok or index < last))  # fmt: skip
             started += wall
 
     def note_failure(self, failure: Failure, worker: str | None = None) -> None:
@@ -262,8 +264,12 @@ class Monitor:
 
     # -- reading ------------------------------------------------------------------------------
 
+    def task_records(self) -> list[TaskRecord]:
+        """A snapshot of the task records (workers may still be reporting), read by name."""
+        return [_new(TaskRecord, values) for values in list(self.tasks)]
+
     def summary(self) -> RunSummary:
-        records = list(self.tasks)  # a snapshot: workers may still be reporting
+        records = self.task_records()
         done = [r for r in records if r.ok]
         failed_keys = {f.key for f in self.failures} | {r.key for r in records if not r.ok}
         ended = self.ended if self.ended is not None else time.time()
@@ -284,7 +290,7 @@ class Monitor:
 
     def run_data(self, **facts: Any) -> dict[str, Any]:
         """The data of ``run.json`` and of the HTML report (columnar task records)."""
-        records = list(self.tasks)
+        records = self.task_records()
         columns = ("key", "name", "worker", "start", "wall", "cpu", "peak_rss_mb", "ok")
         rows = [
             (r.key, r.name, r.worker, r.start, r.wall, r.wall * r.cpu_per_wall, r.peak_rss_mb, r.ok)
