@@ -272,22 +272,17 @@ def scheduler_error(key: str, name: str, exc: BaseException) -> TaskError:
 
 def unpicklable_result_error(key: str, name: str, exc: BaseException) -> TaskError:
     """The task's result came back but could not be unpickled here (``exc``)."""
-    error = TaskError(
-        key,
-        name,
-        f"the result of task {name!r} could not be unpickled: {_describe(exc)} (key {key})",
-    )
-    error.__cause__ = exc
-    return error
+    return _result_error(key, name, "unpickled", exc)
 
 
 def unreadable_result_error(key: str, name: str, exc: BaseException) -> TaskError:
     """The task's result could not be read back (``exc``: e.g. a dump file removed)."""
-    error = TaskError(
-        key,
-        name,
-        f"the result of task {name!r} could not be read: {_describe(exc)} (key {key})",
-    )
+    return _result_error(key, name, "read", exc)
+
+
+def _result_error(key: str, name: str, what: str, exc: BaseException) -> TaskError:
+    message = f"the result of task {name!r} could not be {what}: {_describe(exc)} (key {key})"
+    error = TaskError(key, name, message)
     error.__cause__ = exc
     return error
 
