@@ -4,13 +4,16 @@
 """
 
 # The layers, each importing only those below it (docs/architecture.md draws them):
-#   orchestrator.py    the facade: Orchestrator, its session (backend, store, journal, files)
+#   orchestrator.py    the facade: Orchestrator (an Executor)
+#   session.py         what an open orchestrator holds: monitor, backend, engine, journal
 #   engine/            the caller side of a run: ready units out, outcomes in; futures; store
-#   backends/          how units run: sequential, pool/ (multiprocessing, auto), dask/
+#   backends/          how units run: sequential, pool/ (multiprocessing, auto), dask/; they
+#                      are handed a Recorder and import none of the three below
 #   monitoring/ journal/ reports/   what is recorded of a run, durably, and shown to people
 #   worker/            what runs inside any worker: execute a unit, observe it, move its data
 #   graph/             pure: tasks, keys, fusion, tiles
-#   config.py sizing.py errors.py failures.py   pure: validated configs, sizing, the errors
+#   errors failures records config sizing atomic runcontext   pure: the errors and the one
+#                      place that builds them, the records that cross boundaries, configs
 
 from __future__ import annotations
 
