@@ -246,4 +246,4 @@ def test_traceback_shows_the_line_that_raised(orch):
     text = "".join(traceback.format_exception(info.value))
     assert "raise ValueError(message)" in text  # the task's own source line
     assert "ValueError: deep trouble" in text
-    assert "UpstreamTaskError: task 'inc' did not run: upstream task 'fail' failed" in text
+    assert "UpstreamTaskError(ValueError): task 'inc' did not run: upstream task 'fail'" in text

@@ -7,8 +7,11 @@ import pickle
 import re
 import signal
 
+import pytest
+
 import orchestrix as ox
 from orchestrix import failures
+from orchestrix.errors import untyped_class
 from orchestrix.failures import TaskFailure
 from orchestrix.worker.execute import UnitFailed
 
@@ -19,7 +22,8 @@ def test_a_raised_exception_becomes_a_task_error_with_its_remote_traceback():
     exc = ValueError("bad input")
     failure = TaskFailure("k-1", "load", exc, "Traceback ...\nValueError: bad input")
     error = failures.caller_error(failure)
-    assert type(error) is ox.TaskError
+    assert untyped_class(error) is ox.TaskError and isinstance(error, ValueError)
+    assert type(error).__name__ == "TaskError(ValueError)" and error.raised is ValueError
     assert (error.key, error.name) == ("k-1", "load")
     assert str(error) == "task 'load' failed: ValueError: bad input (key k-1)"
     assert error.__cause__ is exc
@@ -58,7 +62,7 @@ def test_upstream_error_names_what_the_upstream_task_raised():
     failure = TaskFailure("a-1", "a", ZeroDivisionError("division by zero"))
     cause = failures.caller_error(failure)
     error = failures.upstream_error("b-2", "b", failure, cause)
-    assert type(error) is ox.UpstreamTaskError
+    assert untyped_class(error) is ox.UpstreamTaskError and isinstance(error, ZeroDivisionError)
     assert str(error) == (
         "task 'b' did not run: upstream task 'a' failed with ZeroDivisionError: division by "
         "zero (key b-2, upstream key a-1)"
@@ -170,7 +174,8 @@ def test_map_errors():
     assert failures.map_batch_error(same, "square", 0, 1) is same
     exc = ValueError("odd")
     item = failures.map_item_error(batch, "square", 12, 2, exc, "Traceback\nValueError: odd")
-    assert type(item) is ox.TaskError and (item.key, item.name) == ("b-1[2]", "square")
+    assert untyped_class(item) is ox.TaskError and isinstance(item, ValueError)
+    assert (item.key, item.name) == ("b-1[2]", "square")
     assert str(item) == (
         "task 'square' failed on map item 12: ValueError: odd (key b-1[2], call 2 of batch task "
         "'call_batch')"
@@ -242,3 +247,76 @@ def test_what_a_backend_finds_keeps_its_exception_types_and_texts():
         assert type(error) is kind and text in str(error), str(error)
     assert str(failures.unsendable_task("f", exc, "k")).endswith("TypeError: no (key k)")
     assert "PYTHONPATH" in str(failures.unimportable_task("f", exc))
+
+
+# -- a task's error is also of the class the task raised ----------------------------------------
+
+
+class CodedError(Exception):
+    """A user's exception whose __init__ takes other arguments than it passes on."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def raised(exc: BaseException) -> ox.TaskError:
+    return failures.caller_error(TaskFailure("k-1", "load", exc, "Traceback ...\n"))
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ZeroDivisionError("division by zero"),
+        KeyError("missing"),
+        FileNotFoundError(2, "No such file or directory", "in.tif"),
+        UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"),
+        CodedError("bad tile", 7),
+        pickle.PicklingError("cannot pickle"),
+    ],
+)
+def test_a_task_error_is_also_what_the_task_raised_and_pickles_as_such(exc):
+    error = raised(exc)
+    assert isinstance(error, type(exc)) and isinstance(error, ox.TaskError)
+    assert error.raised is type(exc) and error.__cause__ is exc
+    assert str(error).startswith("task 'load' failed: ") and (error.key, error.name) == (
+        "k-1",
+        "load",
+    )
+    for copy in (error, pickle.loads(pickle.dumps(error))):
+        assert type(copy) is type(error) and str(copy) == str(error)
+        assert (copy.key, copy.name) == ("k-1", "load")
+        if isinstance(exc, OSError):  # except OSError as e: e.filename reads the task's
+            assert (copy.errno, copy.filename) == (2, "in.tif")
+        if isinstance(exc, CodedError):
+            assert copy.code == 7
+
+
+def test_one_class_per_pair_and_the_types_that_stay_plain():
+    assert type(raised(ValueError("a"))) is type(raised(ValueError("b")))
+    for exc in (SystemExit(3), KeyboardInterrupt(), GeneratorExit()):  # not an Exception
+        assert type(raised(exc)) is ox.TaskError
+    inner = raised(ValueError("inner"))  # a task that ran an orchestrator of its own
+    assert type(raised(inner)) is ox.TaskError
+
+
+def test_upstream_canary_and_map_errors_keep_the_class_of_the_first_failure():
+    failure = TaskFailure("a-1", "a", KeyError("x"))
+    cause = failures.caller_error(failure)
+    upstream = failures.upstream_error("b-2", "b", failure, cause)
+    canary = failures.canary_error(cause, 2)
+    batch = failures.map_batch_error(cause, "square", 0, 3)
+    for error, kind in (
+        (upstream, ox.UpstreamTaskError),
+        (canary, ox.CanaryError),
+        (batch, ox.TaskError),
+    ):
+        assert isinstance(error, KeyError) and untyped_class(error) is kind
+    assert upstream.upstream_key == "a-1"
+    crash = failures.crash_error("a-1", "a", 3, 99)  # a verdict has no class of the task's
+    assert type(failures.upstream_error("b-2", "b", crash, crash)) is ox.UpstreamTaskError
+
+
+def test_timeouts_are_timeout_errors():
+    assert isinstance(failures.timeout_error("k", "n", 1.0), TimeoutError)
+    assert isinstance(failures.stall_error("k", "n", 1.0), TimeoutError)

@@ -4,9 +4,16 @@ Every error raised by orchestrix derives from :class:`OrchestrixError`. Errors a
 the task's ``key`` and ``name``; the exception the task raised is chained as ``__cause__``, and when
 the task ran in another process that exception's own ``__cause__`` is a :class:`RemoteTraceback`
 holding the traceback text from the worker (the convention of ``concurrent.futures``).
+
+A task that raised an exception of its own fails with a :class:`TaskError` that is *also* of the
+exception's class (see :func:`typed_error`): ``except ZeroDivisionError`` catches it as it would
+around ``concurrent.futures``, dask or a plain call, and ``except TaskError`` still does.
 """
 
 from __future__ import annotations
+
+import threading
+from typing import Any
 
 
 class OrchestrixError(Exception):
@@ -37,12 +44,24 @@ class DiskFullError(OrchestrixError):
 
 
 class TaskError(OrchestrixError):
-    """A task failed. ``key`` and ``name`` identify it; ``__cause__`` is what it raised."""
+    """A task failed. ``key`` and ``name`` identify it; ``__cause__`` is what it raised.
+
+    When the task raised an exception of its own, the error is also an instance of that
+    exception's class (its class is ``TaskError(ZeroDivisionError)``, made by
+    :func:`typed_error`), and ``raised`` is that class; otherwise ``raised`` is None."""
+
+    raised: type[BaseException] | None = None
 
     def __init__(self, key: str, name: str, message: str) -> None:
-        super().__init__(message)
+        # BaseException's own __init__, not the mixed-in class's: a typed error's second base
+        # may take other arguments (UnicodeDecodeError takes five).
+        Exception.__init__(self, message)
         self.key = key
         self.name = name
+
+    def __str__(self) -> str:
+        # the message, whatever a mixed-in class prints (KeyError would quote it)
+        return str(self.args[0]) if self.args else ""
 
     def __reduce__(self):  # keep key and name when the error crosses a process boundary
         return (type(self), (self.key, self.name, str(self)))
@@ -79,7 +98,7 @@ class WorkerCrashedError(TaskError):
         return (type(self), (self.key, self.name, str(self), self.exitcode))
 
 
-class TaskTimeoutError(TaskError):
+class TaskTimeoutError(TaskError, TimeoutError):
     """The task ran longer than ``per_job_timeout`` (``limit``, seconds); its worker was killed."""
 
     def __init__(self, key: str, name: str, message: str, limit: float = 0.0) -> None:
@@ -112,8 +131,9 @@ class CanaryError(TaskError):
     target's; ``__cause__`` is its :class:`TaskError`."""
 
 
-class StallError(TaskError):
-    """No task finished for ``task_timeout`` seconds, twice: the run is stopped."""
+class StallError(TaskError, TimeoutError):
+    """No task finished for ``task_timeout`` seconds, twice: the run is stopped. Like
+    :class:`TaskTimeoutError`, it is a :class:`TimeoutError`."""
 
 
 class NoWorkerError(TaskError):
@@ -135,3 +155,89 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return self.text
+
+
+# -- errors that are also of the class the task raised -----------------------------------------
+
+_typed_classes: dict[tuple[type[TaskError], type[BaseException]], type[TaskError] | None] = {}
+_typed_lock = threading.Lock()
+
+#: attributes of the task's exception copied onto its typed error, beyond its ``__dict__``
+#: (``except OSError as e: e.errno`` reads them)
+_OS_ERROR_FIELDS = ("errno", "strerror", "filename", "filename2")
+
+
+def typed_error(error: TaskError, exc: BaseException) -> TaskError:
+    """``error``, remade as an instance of both its class and ``type(exc)`` where it can be.
+
+    ``exc`` is what the task raised. Its attributes are copied (those of ``error`` win), so
+    ``except MyError as e: e.code`` reads what the task set. Left as it is: an exception that is
+    not an :class:`Exception` (SystemExit, KeyboardInterrupt: a caller's ``except Exception``
+    must still see the failure, and the caller must not exit for a worker's exit), an orchestrix
+    error (a task that ran an orchestrator of its own), and a class that cannot be a second base
+    (its layout conflicts, or it refuses subclasses)."""
+    kind = type(exc)
+    if not isinstance(exc, Exception) or isinstance(exc, OrchestrixError):
+        return error
+    base = untyped_class(error)
+    cls = _typed_class(base, kind)
+    if cls is None:
+        return error
+    state = {k: v for k, v in vars(exc).items() if not k.startswith("__")}
+    if isinstance(exc, OSError):
+        state.update((field, getattr(exc, field)) for field in _OS_ERROR_FIELDS)
+    state.update(vars(error))
+    try:
+        typed = _rebuild_typed(base, error.__reduce__()[1], kind)
+        typed.__setstate__(state)
+    except Exception:  # noqa: BLE001 - e.g. the raised class has a read-only property
+        return error
+    typed.__cause__ = error.__cause__
+    typed.__context__ = error.__context__
+    typed.__suppress_context__ = error.__suppress_context__
+    return typed
+
+
+def untyped_class(error: TaskError) -> type[TaskError]:
+    """The orchestrix class of ``error``: ``TaskError`` for a ``TaskError(KeyError)``."""
+    cls = type(error)
+    if error.raised is None:
+        return cls
+    return next(c for c in cls.__mro__[1:] if issubclass(c, TaskError) and c.raised is None)
+
+
+def _typed_class(base: type[TaskError], raised: type[BaseException]) -> type[TaskError] | None:
+    """The class ``base(raised)``, made once per pair; None where the two cannot be mixed."""
+    with _typed_lock:
+        if (base, raised) in _typed_classes:
+            return _typed_classes[(base, raised)]
+        name = f"{base.__name__}({raised.__name__})"
+        namespace = {
+            "__module__": base.__module__,
+            "__qualname__": name,
+            "raised": raised,
+            "__reduce__": _reduce_typed,
+        }
+        try:
+            cls: type[TaskError] | None = type(name, (base, raised), namespace)
+        except TypeError:  # a layout conflict, a final class, a metaclass that refuses
+            cls = None
+        _typed_classes[(base, raised)] = cls
+        return cls
+
+
+def _reduce_typed(self: TaskError) -> tuple[Any, ...]:
+    """Pickle a typed error as its orchestrix class's arguments plus the class it also is."""
+    base = untyped_class(self)
+    args = base.__reduce__(self)[1]
+    state = dict(vars(self))
+    if isinstance(self, OSError):  # members, not in the instance's __dict__
+        state.update((field, getattr(self, field)) for field in _OS_ERROR_FIELDS)
+    return (_rebuild_typed, (base, args, self.raised), state)
+
+
+def _rebuild_typed(
+    base: type[TaskError], args: tuple[Any, ...], raised: type[BaseException] | None
+) -> TaskError:
+    cls = _typed_class(base, raised) if raised is not None else None
+    return (cls or base)(*args)

@@ -35,6 +35,8 @@ from .errors import (
     UpstreamTaskError,
     WorkerCrashedError,
     WorkerMemoryError,
+    typed_error,
+    untyped_class,
 )
 
 __all__ = [
@@ -85,10 +87,10 @@ def raised_error(failure: TaskFailure) -> TaskError:
     if failure.traceback_text is not None and exc.__cause__ is None:
         exc.__cause__ = RemoteTraceback(failure.traceback_text)
     error.__cause__ = exc
-    return error
+    return typed_error(error, exc)
 
 
-def upstream_error(key: str, name: str, failure: Failure, cause: TaskError) -> UpstreamTaskError:
+def upstream_error(key: str, name: str, failure: Failure, cause: TaskError) -> TaskError:
     """The error of target ``key`` that did not run because ``failure`` (whose caller's error is
     ``cause``) happened upstream of it."""
     error = UpstreamTaskError(
@@ -100,17 +102,19 @@ def upstream_error(key: str, name: str, failure: Failure, cause: TaskError) -> U
         cause.name,
     )
     error.__cause__ = cause
-    return error
+    return _typed_like(error, cause)
 
 
-def canary_error(error: TaskError, canary: int) -> CanaryError:
-    """The error of a failed canary run (the first ``canary`` targets); raise it from ``error``."""
-    return CanaryError(
+def canary_error(error: TaskError, canary: int) -> TaskError:
+    """The error of a failed canary run (the first ``canary`` targets); raise it from ``error``.
+    It is a :class:`CanaryError`."""
+    stopped = CanaryError(
         error.key,
         error.name,
         f"the canary run (the first {canary} targets) failed, so the other "
         f"targets were not scheduled: {error}",
     )
+    return _typed_like(stopped, error)
 
 
 def recorded(failure: Failure) -> tuple[BaseException, str | None]:
@@ -132,6 +136,14 @@ def _what_failed(failure: Failure) -> BaseException:
     if isinstance(failure, TaskFailure):
         return failure.exception
     return failure.__cause__ or failure
+
+
+def _typed_like(error: TaskError, like: TaskError) -> TaskError:
+    """``error``, also of the class that the task behind ``like`` raised, as ``like`` is."""
+    cause = like.__cause__
+    if like.raised is None or cause is None or type(cause) is not like.raised:
+        return error
+    return typed_error(error, cause)
 
 
 def _describe(exc: BaseException) -> str:
@@ -296,10 +308,10 @@ def map_batch_error(error: TaskError, name: str, first: int, count: int) -> Task
     mapped function ``name`` as a call of it would be, and saying which items it held."""
     if error.name == name:
         return error
-    rebuild, args = error.__reduce__()[:2]
+    args = untyped_class(error).__reduce__(error)[1]
     where = f"map items {first} to {first + count - 1}, in batch task {error.name!r}"
-    renamed: TaskError = rebuild(args[0], name, f"{error} ({where})", *args[3:])
-    return renamed
+    renamed = untyped_class(error)(args[0], name, f"{error} ({where})", *args[3:])
+    return _typed_like(renamed, error)
 
 
 def map_item_error(
@@ -316,7 +328,7 @@ def map_item_error(
     if exc.__traceback__ is None and exc.__cause__ is None:  # it came from another process
         exc.__cause__ = RemoteTraceback(text)
     item_error.__cause__ = exc
-    return item_error
+    return typed_error(item_error, exc)
 
 
 # -- facts a backend finds: exceptions that stand for what kept a task from running or returning

@@ -101,21 +101,32 @@ class Orchestrator(Executor):
 
     # -- task graphs -------------------------------------------------------------------------
 
-    def compute(self, targets: Any, *, progress: bool | None = None) -> Any:
+    def compute(
+        self, targets: Any, *, timeout: float | None = None, progress: bool | None = None
+    ) -> Any:
         """Compute ``targets``: a Delayed gives its value; lists, tuples and dicts holding Delayed
         give the same structure with each Delayed replaced by its value.
 
+        ``timeout`` (seconds): if the targets are not all computed by then, raise the builtin
+        :class:`TimeoutError` (the tasks still running are stopped, as on a failure).
         ``progress`` shows a progress bar (default: the ``progress`` key)."""
         leaves = find_delayed(targets)
         values: list[Any] = [None] * len(leaves)
-        for position, value in self._run(leaves, progress, "compute"):
+        for position, value in self._run(leaves, progress, "compute", timeout):
             values[position] = value
         return _substitute(targets, iter(values))
 
     def as_completed(
-        self, targets: Iterable[Delayed], *, progress: bool | None = None
+        self,
+        targets: Iterable[Delayed],
+        *,
+        timeout: float | None = None,
+        progress: bool | None = None,
     ) -> Iterator[tuple[int, Any]]:
-        """Yield ``(index in targets, value)`` for each target, in completion order."""
+        """Yield ``(index in targets, value)`` for each target, in completion order.
+
+        ``timeout`` (seconds from this call): a target not done by then makes the iteration
+        raise the builtin :class:`TimeoutError`, as ``concurrent.futures.as_completed`` does."""
         targets = list(targets)
         for position, target in enumerate(targets):
             if not isinstance(target, Delayed):
@@ -123,7 +134,7 @@ class Orchestrator(Executor):
                     f"as_completed expects Delayed objects, got {type(target).__name__} at "
                     f"index {position}"
                 )
-        return self._run(targets, progress, "as_completed")
+        return self._run(targets, progress, "as_completed", timeout)
 
     # -- concurrent.futures.Executor ---------------------------------------------------------
 
@@ -214,13 +225,14 @@ class Orchestrator(Executor):
         return plan.sink.open() if plan.sink is not None else out
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Wait for submitted calls to finish (unless ``wait=False`` or ``cancel_futures``), then
-        :meth:`close`. Calls not finished by then fail with a TaskError."""
+        """Wait for submitted calls to finish (unless ``wait=False``), then :meth:`close`.
+        ``cancel_futures`` first cancels the calls no worker has yet (those running go on, and
+        are waited for). Calls not finished at the close fail with a TaskError."""
         with self._lock:
             unfinished = list(self._futures)
-        if cancel_futures:
+        if cancel_futures:  # what no worker has yet never runs; the rest runs to its end
             self._cancel_futures(unfinished)
-        elif wait:
+        if wait:
             concurrent.futures.wait(unfinished)
         self.close()
 
@@ -308,7 +320,9 @@ class Orchestrator(Executor):
         unit = WorkUnit((node,), ())
         if self.monitor.tracks_states:
             self.monitor.note_registered([unit])
-        job = self._backend.submit(unit, {}, functools.partial(self._settle, future))
+        settle = functools.partial(self._settle, future)
+        job = self._backend.submit(unit, {}, settle, future.mark_running)
+        future.withdraw = functools.partial(self._backend.withdraw, job)
         with self._lock:
             self._futures[future] = job
         future.add_internal_callback(self._forget_future)
@@ -319,17 +333,13 @@ class Orchestrator(Executor):
             self._futures.pop(future, None)
 
     def _cancel_futures(self, futures: Iterable[Future[Any]]) -> None:
-        """Cancel calls that have not finished; their futures end as cancelled."""
-        with self._lock:
-            jobs = [self._futures[f] for f in futures if f in self._futures]
-        self._backend.cancel(jobs)
+        """Cancel the calls no worker has yet; those running go on to their outcome."""
         for future in futures:
             future.cancel()
 
-    def _settle(self, future: Future[Any], outcome: UnitOutcome) -> None:
-        # The future stays pending (cancellable) until its outcome is known.
-        if not future.set_running_or_notify_cancel():
-            return  # cancelled meanwhile
+    def _settle(self, future: CallFuture, outcome: UnitOutcome) -> None:
+        if not future.mark_running():  # a backend that cannot say when a call starts
+            return  # cancelled: it was withdrawn, its outcome is a close's
         if outcome.failure is not None:
             future.set_exception(reported_error(self.monitor, outcome.failure))
             return
@@ -346,16 +356,21 @@ class Orchestrator(Executor):
             self._cancel_futures(futures)
 
     def _run(
-        self, targets: list[Delayed], progress: bool | None, description: str
+        self,
+        targets: list[Delayed],
+        progress: bool | None,
+        description: str,
+        timeout: float | None = None,
     ) -> Iterator[tuple[int, Any]]:
         self._check_open()
+        _check_timeout(timeout)
         show = self.config.progress if progress is None else progress
 
         def watch(units: list[WorkUnit]) -> Any:
             bar = start_progress(show, self.monitor, units, description)
             return bar.close if bar is not None else None
 
-        return self._files.iterate(self._engine.run(targets, watch))
+        return self._files.iterate(self._engine.run(targets, watch, timeout))
 
     def _progress_bar(
         self, progress: bool | None, total: int | None, description: str, unit: str
@@ -367,6 +382,13 @@ class Orchestrator(Executor):
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError(REFUSED_AFTER_CLOSE)
+
+
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0
+    ):
+        raise ValueError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
 
 
 def _shortest(iterables: tuple[Iterable[Any], ...]) -> int | None:

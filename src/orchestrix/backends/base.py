@@ -23,6 +23,9 @@ __all__ = ["Backend", "Recorder", "Sink", "worker_settings"]
 #: receives the outcome of one unit; may be called from a backend thread
 Sink = Callable[[UnitOutcome], None]
 
+#: told, once, that a worker has the unit: it will run (or fail), it can no longer be withdrawn
+Started = Callable[[], object]
+
 
 class Recorder(Protocol):
     """What a backend tells the record keeper of its run (the session's
@@ -79,13 +82,22 @@ class Backend(ABC):
         """Acquire resources (processes, clusters). Called once, before the first submit."""
 
     @abstractmethod
-    def submit(self, unit: WorkUnit, inputs: Mapping[str, Any], sink: Sink) -> int:
-        """Run ``unit`` (all its inputs are given); call ``sink`` with its outcome. Returns a job
-        id for :meth:`cancel`."""
+    def submit(
+        self, unit: WorkUnit, inputs: Mapping[str, Any], sink: Sink, started: Started | None = None
+    ) -> int:
+        """Run ``unit`` (all its inputs are given); call ``sink`` with its outcome, and first
+        ``started`` (if given) once a worker has it. Returns a job id for :meth:`cancel` and
+        :meth:`withdraw`."""
 
     @abstractmethod
     def cancel(self, job_ids: Iterable[int]) -> None:
         """Drop these jobs if not started; outcomes of started ones are not reported."""
+
+    def withdraw(self, job_id: int) -> bool:
+        """Take back a job that no worker has yet, so that it never runs: True if it was;
+        False once a worker has it (it then runs and reports its outcome). A backend that
+        runs a job within :meth:`submit` has nothing to take back."""
+        return False
 
     @abstractmethod
     def close(self) -> None:

@@ -18,7 +18,7 @@ from ..failures import TaskFailure, closed_error
 from ..graph.factorize import WorkUnit
 from ..worker.execute import UnitOutcome
 from ..worker.observe import ProcessObserver, UsageMeter, run_measured, worker_name
-from .base import Backend, Recorder, Sink, worker_settings
+from .base import Backend, Recorder, Sink, Started, worker_settings
 
 __all__ = ["SequentialBackend"]
 
@@ -40,13 +40,17 @@ class SequentialBackend(Backend):
         self._observer.start()
         self._ctrl_c.install()
 
-    def submit(self, unit: WorkUnit, inputs: Mapping[str, Any], sink: Sink) -> int:
+    def submit(
+        self, unit: WorkUnit, inputs: Mapping[str, Any], sink: Sink, started: Started | None = None
+    ) -> int:
         if self._closed:  # closed from another thread while a compute runs here: it ends now
             sink(UnitOutcome(unit, failure=closed_error(unit.key, unit.name)))
             return next(self._job_ids)
         if self.monitor.tracks_states:
             self.monitor.note_started([unit], self._name)
         self._ctrl_c.seen = False
+        if started is not None:
+            started()
         outcome = run_measured(unit, inputs, self._meter, self._caller)
         failure = outcome.failure
         if isinstance(failure, TaskFailure) and self._ctrl_c.is_real(failure.exception):

@@ -16,6 +16,7 @@ import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures._base import PENDING, RUNNING
 from typing import Any
 
 __all__ = ["CallFuture", "CallbackThread"]
@@ -75,11 +76,33 @@ class CallbackThread:
 
 
 class CallFuture(Future[Any]):
-    """A ``concurrent.futures.Future`` whose done-callbacks never run in the backend's thread."""
+    """A ``concurrent.futures.Future`` whose done-callbacks never run in the backend's thread.
+
+    It is honest about its call: it is running from the moment a worker has the call
+    (:meth:`mark_running`, which the backend calls), and :meth:`cancel` succeeds only for a call
+    that the backend could take back, one that will never run."""
 
     def __init__(self, callbacks: CallbackThread) -> None:
         super().__init__()
         self._callbacks = callbacks
+        self.withdraw: Callable[[], bool] | None = None  # takes the call back from the backend
+
+    def mark_running(self) -> bool:
+        """A worker has the call: the future is running (if it is already, it stays so).
+        False if it was cancelled first (the backend then does not run it)."""
+        with self._condition:
+            if self._state == RUNNING:
+                return True
+            return self.set_running_or_notify_cancel()
+
+    def cancel(self) -> bool:
+        with self._condition:
+            if self._state != PENDING:  # running, done or cancelled already: as it says
+                return super().cancel()
+        withdraw = self.withdraw
+        if withdraw is not None and not withdraw():
+            return False  # a worker has the call: it runs, and its outcome will be set
+        return super().cancel()
 
     def add_done_callback(self, fn: Callable[[Future[Any]], object]) -> None:
         adder = threading.get_ident()

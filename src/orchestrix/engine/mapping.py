@@ -152,11 +152,14 @@ class OrderedMap:
             while self._jobs:
                 future, first, count, sample = self._jobs.popleft()
                 results, seconds, error = self._take(future, first, count)
+                del future  # it holds the results: the caller's must be the last reference
                 if seconds is not None and not self._sizer.fixed:
                     self._sizer.observe(count, seconds, _pickled_size(sample, results[0]))
                 if error is None:
                     self._fill()  # before yielding: the workers go on while the caller reads
-                yield from results
+                results.reverse()
+                while results:  # a result handed over is no longer held here
+                    yield results.pop()
                 if error is not None:
                     raise error
         finally:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -66,8 +67,13 @@ class Engine:
         self,
         targets: Sequence[Delayed],
         watch: Callable[[list[WorkUnit]], Callable[[], None] | None] | None = None,
+        timeout: float | None = None,
     ) -> Iterator[tuple[int, Any]]:
         """Yield ``(position in targets, value)`` as each target finishes.
+
+        With ``timeout`` (seconds from this call), a run not finished by then raises the
+        builtin :class:`TimeoutError` (as ``concurrent.futures`` does) and stops, as on a
+        failure.
 
         Raises the :class:`TaskError` of the first target that fails (a target downstream of a
         failed task gets an :class:`UpstreamTaskError` naming it); nothing more is started then.
@@ -76,6 +82,24 @@ class Engine:
         targets run before the others, and a failure among them raises :class:`CanaryError`.
         """
         targets = list(targets)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        yielded = 0
+        try:
+            for item in self._run(targets, watch, deadline):
+                yielded += 1
+                yield item
+        except _Expired:
+            left = len(targets) - yielded
+            raise TimeoutError(
+                f"{left} (of {len(targets)}) targets unfinished after timeout={timeout} s"
+            ) from None
+
+    def _run(
+        self,
+        targets: list[Delayed],
+        watch: Callable[[list[WorkUnit]], Callable[[], None] | None] | None,
+        deadline: float | None,
+    ) -> Iterator[tuple[int, Any]]:
         stored, todo = self._split_stored(targets)
         phases = [
             (positions, self.plan([targets[i] for i in positions]), canary)
@@ -91,10 +115,10 @@ class Engine:
             yield from self._load(targets, stored)
             for positions, units, canary in phases:
                 if len(positions) == len(targets):  # one phase of every target: no remapping
-                    yield from self._run_phase(targets, None, units, canary)
+                    yield from self._run_phase(targets, None, units, canary, deadline)
                 else:
                     phase = [targets[i] for i in positions]
-                    yield from self._run_phase(phase, positions, units, canary)
+                    yield from self._run_phase(phase, positions, units, canary, deadline)
         finally:
             if stop_watching is not None:
                 stop_watching()
@@ -105,10 +129,11 @@ class Engine:
         positions: list[int] | None,
         units: list[WorkUnit],
         canary: bool,
+        deadline: float | None,
     ) -> Iterator[tuple[int, Any]]:
         """Run the units of ``targets``; ``positions``: where each target is in the caller's
         list (None: the same place)."""
-        run = _Run(units, targets, self.monitor, self.store)
+        run = _Run(units, targets, self.monitor, self.store, deadline)
         finished = False
         try:
             driven = (run.drive_graph if self.backend.runs_graphs else run.drive)(self.backend)
@@ -183,9 +208,11 @@ class _Run:
         targets: Sequence[Delayed],
         monitor: Monitor,
         store: ResultStore | None = None,
+        deadline: float | None = None,
     ) -> None:
         self.monitor = monitor
         self.store = store
+        self.deadline = deadline  # time.monotonic() past which the run raises _Expired
         # Per unit, the run keeps no container that the cyclic GC must walk unless it holds
         # something: a million pending units would otherwise make every full collection walk
         # millions of empty lists (the caller's cost per task grew with the number of tasks).
@@ -222,7 +249,7 @@ class _Run:
         target_keys = list(self.targets_at)
         self.in_flight["graph"] = backend.submit_graph(units, target_keys, self.outcomes.put)
         for _ in target_keys:
-            outcome = self.outcomes.get()
+            outcome = self._next_outcome()
             if outcome.failure is not None:
                 raise self._target_error(outcome)
             yield from self._yield_targets(outcome, backend)
@@ -238,12 +265,22 @@ class _Run:
                 self.in_flight[unit.key] = backend.submit(unit, inputs, self.outcomes.put)
             if not self.in_flight and self.outcomes.empty():
                 raise RuntimeError("orchestrix engine: no unit ready and none running (a bug)")
-            outcome = self.outcomes.get()  # blocks; interruptible by Ctrl-C
+            outcome = self._next_outcome()
             self.in_flight.pop(outcome.unit.key, None)
             left -= 1
             if outcome.failure is not None:
                 raise self._target_error(outcome)
             yield from self._finish(outcome, backend)
+
+    def _next_outcome(self) -> UnitOutcome:
+        """The next outcome a backend reports; blocks (interruptible by Ctrl-C) until then, or
+        until the deadline."""
+        if self.deadline is None:
+            return self.outcomes.get()
+        try:
+            return self.outcomes.get(timeout=max(0.0, self.deadline - time.monotonic()))
+        except queue.Empty:
+            raise _Expired from None
 
     def _take_inputs(self, unit: WorkUnit) -> dict[str, Any]:
         inputs = {dep: self.values[dep] for dep in unit.deps}
@@ -297,6 +334,10 @@ class _Run:
                     seen.add(reader)
                     order.append(reader)
         return order
+
+
+class _Expired(Exception):
+    """The run's deadline passed (the engine turns it into a TimeoutError with the counts)."""
 
 
 def reported_error(monitor: Any, failure: Failure) -> TaskError:

@@ -13,6 +13,7 @@ a library) goes to every open run's log, as it would with one.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -55,14 +56,14 @@ class RunFiles:
     def iterate(self, items: Iterator[_T]) -> Iterator[_T]:
         """``items``, each step made with this run active (a generator runs where it is
         consumed, outside the call that made it)."""
+        box: list[_T] = []  # not a local: a suspended generator would keep the item alive
         try:
             while True:
                 with self.active():
-                    try:
-                        item = next(items)
-                    except StopIteration:
-                        return
-                yield item
+                    box.extend(itertools.islice(items, 1))
+                if not box:
+                    return
+                yield box.pop()
         finally:
             close = getattr(items, "close", None)
             if close is not None:

@@ -31,7 +31,7 @@ from ...records import LabelledTask, LabelledUnit, UnitRun
 from ...runcontext import in_this_run
 from ...worker.execute import UnitFailed, UnitOutcome
 from ...worker.transfer import dumps_work
-from ..base import Backend, Recorder, Sink, worker_settings
+from ..base import Backend, Recorder, Sink, Started, worker_settings
 from .tasks import (
     START_TOPIC,
     TASK_TOPIC,
@@ -69,6 +69,7 @@ class DaskBackend(Backend):
         self._lock = threading.Lock()
         # job id -> (future, unit, sink) that the caller waits for
         self._futures: dict[int, list[tuple[Any, WorkUnit, Sink]]] = {}
+        self._starting: dict[str, Started] = {}  # unit key -> told when a worker starts it
         self._progress = threading.Event()
         self._closed = threading.Event()
         self._stalls = 0
@@ -93,8 +94,7 @@ class DaskBackend(Backend):
         if self.dashboard_link:
             logger.warning("orchestrix: dask dashboard at %s", self.dashboard_link)
         self.client.subscribe_topic(TASK_TOPIC, self._on_unit_event)
-        if self.config.out_dir is not None:  # the journal wants to know what runs
-            self.client.subscribe_topic(START_TOPIC, self._on_start_event)
+        self.client.subscribe_topic(START_TOPIC, self._on_start_event)
         plugin = ObserverPlugin(worker_settings(self.config))
         self.client.register_plugin(plugin, name=ObserverPlugin.name)
         if self.config.use_memory_logger and self.config.out_dir:
@@ -171,8 +171,7 @@ class DaskBackend(Backend):
         profiles are written, their log handlers removed) and stop listening."""
         try:
             self.client.unsubscribe_topic(TASK_TOPIC)
-            if self.config.out_dir is not None:
-                self.client.unsubscribe_topic(START_TOPIC)
+            self.client.unsubscribe_topic(START_TOPIC)
             self.client.unregister_worker_plugin(ObserverPlugin.name)
         except Exception as exc:  # noqa: BLE001 - a scheduler already gone
             logger.warning("orchestrix: could not remove the worker plugin: %s", exc)
@@ -186,16 +185,39 @@ class DaskBackend(Backend):
         by_key = {unit.key: unit for unit in units}
         return self._watch(list(zip((by_key[key] for key in targets), futures, strict=True)), sink)
 
-    def submit(self, unit: WorkUnit, inputs: Mapping[str, Any], sink: Sink) -> int:
+    def submit(
+        self, unit: WorkUnit, inputs: Mapping[str, Any], sink: Sink, started: Started | None = None
+    ) -> int:
         values = [inputs[dep] for dep in unit.deps]
-        future = self.client.submit(*self._task(unit, True), *values, pure=False)
+        if started is not None:
+            with self._lock:
+                self._starting[unit.key] = started
+        task = self._task(unit, True, announce=started is not None)
+        future = self.client.submit(*task, *values, pure=False)
         return self._watch([(unit, future)], sink)
 
-    def _task(self, unit: WorkUnit, ship: bool) -> tuple[Any, ...]:
+    def withdraw(self, job_id: int) -> bool:
+        """Cancel a call that no worker was given yet. The scheduler says where the task is:
+        once it is processing, a worker has it. (Between that answer and the cancel, the
+        scheduler may still hand it over: dask then drops the running call's result.)"""
+        with self._lock:
+            entries = self._futures.get(job_id, [])
+            if len(entries) != 1 or entries[0][1].key not in self._starting:
+                return False  # finished, started, or not a call of submit
+            future, unit, _ = entries[0]
+        if self.client.run_on_scheduler(_task_state, future.key) not in _NOT_STARTED:
+            return False
+        with self._lock:
+            if self._starting.pop(unit.key, None) is None:
+                return False  # its start was reported meanwhile
+        self.cancel([job_id])
+        return True
+
+    def _task(self, unit: WorkUnit, ship: bool, announce: bool = False) -> tuple[Any, ...]:
         """The dask task for ``unit``, without its inputs. The unit is pickled here, by us, so
         that a function or an argument that cannot be pickled (or raises SystemExit doing so)
         fails this task, as in the other modes, instead of escaping from dask's client."""
-        label = Label(unit.key, unit.name)
+        label = Label(unit.key, unit.name, announce)
         try:
             payload = dumps_work(unit)
         except KeyboardInterrupt:
@@ -214,7 +236,10 @@ class DaskBackend(Backend):
 
     def cancel(self, job_ids: Iterable[int]) -> None:
         with self._lock:
-            futures = [f for job in job_ids for f, _, _ in self._futures.pop(job, [])]
+            entries = [entry for job in job_ids for entry in self._futures.pop(job, [])]
+            for _, unit, _ in entries:
+                self._starting.pop(unit.key, None)
+        futures = [future for future, _, _ in entries]
         if futures and not self._closed.is_set():
             self.client.cancel(futures)
 
@@ -232,6 +257,7 @@ class DaskBackend(Backend):
         """Called by distributed, in its callback thread, when a watched future is done."""
         self._progress.set()
         with self._lock:
+            self._starting.pop(unit.key, None)  # a start not reported by now never will be
             group = self._futures.get(job)
             entry = next((e for e in group or () if e[0] is future), None)
             if group is None or entry is None or future.cancelled():
@@ -264,8 +290,13 @@ class DaskBackend(Backend):
     def _on_start_event(self, event: tuple[float, Any]) -> None:
         """A worker starts a unit (a dask event, in the client's event loop)."""
         start = UnitStart._make(event[1])
-        unit = _labelled(start.key, start.labels)
-        self.monitor.note_started([unit], start.worker, start.when)
+        with self._lock:
+            started = self._starting.pop(start.key, None)
+        if started is not None:
+            started()
+        if self.config.out_dir is not None:  # the journal wants to know what runs
+            unit = _labelled(start.key, start.labels)
+            self.monitor.note_started([unit], start.worker, start.when)
 
     def _restart_later(self, workers: list[str]) -> None:
         """Restart workers without blocking distributed's callback thread."""
@@ -361,3 +392,13 @@ def _unshipped(shipped: Shipped) -> Any:
     except BaseException as exc:  # a SystemExit of a __reduce__ too
         label = shipped.label
         raise failures.unpicklable_result_error(label.key, label.name, exc) from exc
+
+
+#: the states of a task on the scheduler before any worker has it
+_NOT_STARTED = frozenset({"released", "waiting", "queued", "no-worker", None})
+
+
+def _task_state(key: str, dask_scheduler: Any = None) -> str | None:
+    """Run on the scheduler: the state of task ``key`` there (None if it is gone)."""
+    task = dask_scheduler.tasks.get(key)
+    return None if task is None else task.state

@@ -48,15 +48,16 @@ _meters = threading.local()
 
 class Label:
     """The key and name of a unit, opaque to dask (a bare key string in a task's arguments would
-    be taken for a dependency)."""
+    be taken for a dependency). ``announce``: the worker posts the unit's start even without a
+    journal (the future of a ``submit`` must know when it runs)."""
 
-    __slots__ = ("key", "name")
+    __slots__ = ("announce", "key", "name")
 
-    def __init__(self, key: str, name: str) -> None:
-        self.key, self.name = key, name
+    def __init__(self, key: str, name: str, announce: bool = False) -> None:
+        self.key, self.name, self.announce = key, name, announce
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Label, (self.key, self.name))
+        return (Label, (self.key, self.name, self.announce))
 
 
 class UnitStart(NamedTuple):
@@ -155,8 +156,10 @@ def run_unit_task(
             TaskFailure(label.key, label.name, error, traceback.format_exc())
         ) from None
     inputs = dict(zip(unit.deps, _unshipped(label, values), strict=True))
-    if _observer is not None and _observer.settings.out_dir is not None:
-        _post(START_TOPIC, UnitStart(unit.key, _labels(unit), _observer.name, time.time()))
+    journal = _observer is not None and _observer.settings.out_dir is not None
+    if label.announce or journal:
+        worker = _observer.name if _observer is not None else ""
+        _post(START_TOPIC, UnitStart(unit.key, _labels(unit), worker, time.time()))
     if timeout is None:
         outcome = _run_measured(unit, inputs)
     else:

@@ -18,7 +18,7 @@ from typing import Any
 from ...errors import REFUSED_AFTER_CLOSE, OrchestrixError, TaskError
 from ...graph.factorize import WorkUnit
 from ...worker.execute import UnitOutcome
-from ..base import Sink
+from ..base import Sink, Started
 
 __all__ = ["Job", "Ledger"]
 
@@ -26,15 +26,33 @@ logger = logging.getLogger("orchestrix")
 
 
 class Job:
-    __slots__ = ("attempts", "id", "inputs", "sink", "stalls", "unit")
+    __slots__ = ("attempts", "handed", "id", "inputs", "sink", "stalls", "started", "unit")
 
-    def __init__(self, job_id: int, unit: WorkUnit, inputs: Mapping[str, Any], sink: Sink) -> None:
+    def __init__(
+        self,
+        job_id: int,
+        unit: WorkUnit,
+        inputs: Mapping[str, Any],
+        sink: Sink,
+        started: Started | None = None,
+    ) -> None:
         self.id = job_id
         self.unit = unit
         self.inputs = inputs  # kept until the job ends: it holds the dump files it reads
         self.sink = sink
+        self.started = started  # called once, when first handed to a worker
+        self.handed = False  # taken for a worker: it can no longer be withdrawn
         self.attempts = 0
         self.stalls = 0
+
+    def announce(self) -> None:
+        """Tell whoever asked that a worker has the job (once: not again on a retry)."""
+        started, self.started = self.started, None
+        if started is not None:
+            try:
+                started()
+            except BaseException:
+                logger.exception("orchestrix: noting that %r started failed", self.unit.name)
 
 
 class Ledger:
@@ -79,14 +97,27 @@ class Ledger:
             for job_id in job_ids:
                 self._live.pop(job_id, None)  # a queued job is skipped, a sent one ignored
 
+    def withdraw(self, job_id: int) -> bool:
+        """Take back a job no worker was handed yet; False if one was (it runs on)."""
+        with self.lock:
+            job = self._live.get(job_id)
+            if job is None or job.handed:
+                return False
+            del self._live[job_id]  # still queued: take skips it
+            return True
+
     def take(self, count: int) -> list[Job]:
-        """Up to ``count`` queued jobs, skipping those cancelled."""
+        """Up to ``count`` queued jobs for a worker, skipping those cancelled; from now on
+        they cannot be withdrawn."""
         jobs: list[Job] = []
         with self.lock:
             while self.pending and len(jobs) < count:
                 job = self.pending.popleft()
                 if job.id in self._live:
+                    job.handed = True
                     jobs.append(job)
+        for job in jobs:
+            job.announce()
         return jobs
 
     def requeue(self, jobs: list[Job]) -> None:

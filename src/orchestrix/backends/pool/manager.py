@@ -1,12 +1,12 @@
 """The ``multiprocessing`` (and ``auto``) backend: a pool of local worker processes.
 
 One manager thread in the caller's process does all the pool's work: it starts the workers, sends
-them jobs in batches (small jobs many at a time, long jobs one at a time), reads results as they
-come, and waits on the workers' sockets and exit handles together, so a worker that dies is seen at
-once. It never blocks on a worker: its socket ends are non-blocking (see :mod:`.protocol`). The
-waits end early only for the deadlines it enforces: ``per_job_timeout`` (the worker running a job
-too long is killed), ``task_timeout`` (the stall watchdog) and the sampling of the workers' memory
-against ``max_ram_per_worker``. The caller's threads only queue jobs and receive outcomes.
+them jobs in batches, reads results as they come, and waits on the workers' sockets and exit
+handles together, so a worker that dies is seen at once. It never blocks on a worker: its socket
+ends are non-blocking (see :mod:`.protocol`). The waits end early only for the deadlines it
+enforces: ``per_job_timeout`` (the worker running a job too long is killed), ``task_timeout`` (the
+stall watchdog) and the sampling of the workers' memory against ``max_ram_per_worker``. The
+caller's threads only queue jobs and receive outcomes.
 
 Every job not yet reported is in one ledger (:mod:`.ledger`), which reports each exactly once
 whichever way it ends; the rules that get tuned (batch sizes, retry or fail per cause, when to
@@ -36,7 +36,7 @@ from ...records import UnitRun
 from ...runcontext import in_this_run
 from ...worker.execute import UnitOutcome
 from ...worker.transfer import create_dump_dir, dumps_work, materialize
-from ..base import Backend, Recorder, Sink, worker_settings
+from ..base import Backend, Recorder, Sink, Started, worker_settings
 from . import policy, processes
 from .ledger import Job, Ledger
 from .policy import MAX_STARTUP_FAILURES, Cause, Verdict
@@ -117,14 +117,19 @@ class MultiprocessingBackend(Backend):
     def capacity(self) -> int:
         return self.nb_workers * (2 * self._batch_size() + 1)
 
-    def submit(self, unit: WorkUnit, inputs: Mapping[str, Any], sink: Sink) -> int:
-        job = Job(next(self._ids), unit, inputs, sink)
+    def submit(
+        self, unit: WorkUnit, inputs: Mapping[str, Any], sink: Sink, started: Started | None = None
+    ) -> int:
+        job = Job(next(self._ids), unit, inputs, sink, started)
         if self._ledger.add(job):
             os.write(self._wake_write, b"!")
         return job.id
 
     def cancel(self, job_ids: Iterable[int]) -> None:
         self._ledger.cancel(job_ids)
+
+    def withdraw(self, job_id: int) -> bool:
+        return self._ledger.withdraw(job_id)
 
     def materialize(self, value: Any) -> Any:
         return materialize(value)
@@ -178,7 +183,7 @@ class MultiprocessingBackend(Backend):
         except BaseException as exc:
             logger.exception("orchestrix: the worker pool's manager failed")
             message = f"the worker pool's manager failed: {type(exc).__name__}: {exc}"
-            self._break(message, _failing_with(message))
+            self._ledger.break_down(message, _failing_with(message))
         finally:
             processes.stop_all(self._workers)  # in this thread: see above
             self._workers = []
@@ -201,7 +206,7 @@ class MultiprocessingBackend(Backend):
         except Exception as exc:  # noqa: BLE001 - e.g. out of processes or descriptors
             message = f"a worker process could not be started: {type(exc).__name__}: {exc}"
             if self._startup.worker_ended(ran_anything=False, stopped_by_pool=False):
-                self._break(message, _failing_with(message))
+                self._ledger.break_down(message, _failing_with(message))
                 return
             logger.warning("orchestrix: %s; trying again", message)
             self._respawns.append(time.monotonic() + RESPAWN_DELAY_SECONDS)
@@ -403,7 +408,7 @@ class MultiprocessingBackend(Backend):
         if self._startup.worker_ended(worker.started.value > 0, reason is not None):
             code = worker.exitcode
             message = failures.startup_crash_message(code, worker.pid, worker.start_error)
-            self._break(
+            self._ledger.break_down(
                 message,
                 lambda unit: failures.startup_crash_error(unit.key, unit.name, message, code),
             )
@@ -417,7 +422,7 @@ class MultiprocessingBackend(Backend):
         retries = self.config.retries
         decided = policy.verdict(cause, job.attempts, retries, job.stalls)
         if decided is Verdict.FAIL:
-            self._settle_error(job, interruption_error(worker, job.unit, cause, self.config))
+            self._ledger.settle_error(job, interruption_error(worker, job.unit, cause, self.config))
             return
         if decided is Verdict.RETRY:
             error = interruption_error(worker, job.unit, cause, self.config)
@@ -474,19 +479,12 @@ class MultiprocessingBackend(Backend):
     # -- reporting: every job leaves the ledger through _settle ----------------------------------
 
     def _fail_unpicklable(self, job: Job, exc: BaseException) -> None:
-        unit = job.unit
-        error = failures.unsendable_task(unit.name, exc)
+        error = failures.unsendable_task(job.unit.name, exc)
         error.__cause__ = exc
-        self._settle_failure(job, TaskFailure(unit.key, unit.name, error, None))
-
-    def _break(self, message: str, error_for: Callable[[WorkUnit], TaskError]) -> None:
-        self._ledger.break_down(message, error_for)
+        self._settle_failure(job, TaskFailure(job.unit.key, job.unit.name, error, None))
 
     def _settle_failure(self, job: Job, failure: TaskFailure) -> None:
         self._settle(job, UnitOutcome(job.unit, failure=failure))
-
-    def _settle_error(self, job: Job, error: TaskError) -> None:
-        self._ledger.settle_error(job, error)
 
     def _settle(self, job: Job, outcome: UnitOutcome) -> None:
         self._ledger.settle(job, outcome)
