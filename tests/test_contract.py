@@ -177,9 +177,11 @@ def test_as_completed_raises_on_failure(orch):
         list(orch.as_completed([inc(1), fail()]))
 
 
-def test_as_completed_rejects_non_delayed(orch):
-    with pytest.raises(TypeError, match="index 1"):
-        orch.as_completed([inc(1), 2])
+def test_as_completed_takes_what_compute_takes(orch):
+    """A plain value among the targets is complete at once, as compute hands it back."""
+    assert sorted(orch.as_completed([inc(1), 2])) == [(0, 2), (1, 2)]
+    with pytest.raises(TypeError, match=r"as_completed\(targets\)\[1\]"):
+        orch.as_completed([inc(1), {3}])
 
 
 def test_compute_inside_as_completed_loop(orch):

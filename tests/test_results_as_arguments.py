@@ -1,6 +1,6 @@
 """A value returned by ``compute`` is an argument like any other, in every mode (issue 12).
 
-In multiprocessing mode a large array comes back as a read-only memory map of a dump file, and
+In multiprocessing mode a large array comes back as a copy-on-write memory map of a dump file, and
 the dump file is removed as soon as the caller holds the map (the dump directory when the
 orchestrator closes). What must hold: the map, a view of it and a value computed from it can be
 passed to tasks of the next graph, also on another orchestrator once the first is closed; they

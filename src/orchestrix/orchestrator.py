@@ -26,6 +26,7 @@ from .engine.mapping import BatchSizer, OrderedMap, call_batch, tasks_in_flight
 from .engine.scheduler import reported_error
 from .errors import REFUSED_AFTER_CLOSE
 from .graph.factorize import WorkUnit
+from .graph.targets import Completion, check_targets
 from .graph.tasks import (
     Delayed,
     TaskFunction,
@@ -110,6 +111,7 @@ class Orchestrator(Executor):
         ``timeout`` (seconds): if the targets are not all computed by then, raise the builtin
         :class:`TimeoutError` (the tasks still running are stopped, as on a failure).
         ``progress`` shows a progress bar (default: the ``progress`` key)."""
+        check_targets(targets, "compute")
         leaves = find_delayed(targets)
         values: list[Any] = [None] * len(leaves)
         for position, value in self._run(leaves, progress, "compute", timeout):
@@ -118,23 +120,31 @@ class Orchestrator(Executor):
 
     def as_completed(
         self,
-        targets: Iterable[Delayed],
+        targets: Sequence[Any] | Mapping[Any, Any],
         *,
         timeout: float | None = None,
         progress: bool | None = None,
-    ) -> Iterator[tuple[int, Any]]:
+    ) -> Iterator[tuple[Any, Any]]:
         """Yield ``(index in targets, value)`` for each target, in completion order.
 
-        ``timeout`` (seconds from this call): a target not done by then makes the iteration
-        raise the builtin :class:`TimeoutError`, as ``concurrent.futures.as_completed`` does."""
-        targets = list(targets)
-        for position, target in enumerate(targets):
-            if not isinstance(target, Delayed):
-                raise TypeError(
-                    f"as_completed expects Delayed objects, got {type(target).__name__} at "
-                    f"index {position}"
-                )
-        return self._run(targets, progress, "as_completed", timeout)
+        ``targets`` is a list or tuple (or a dict: its keys are yielded instead of indices) of
+        what :meth:`compute` takes: a Delayed, or a structure holding some, yielded once all of
+        it is computed. ``timeout`` (seconds from this call): a target not done by then makes
+        the iteration raise the builtin :class:`TimeoutError`, as
+        ``concurrent.futures.as_completed`` does."""
+        if type(targets) not in (list, tuple, dict):
+            check_targets(targets, "as_completed")
+            raise TypeError(
+                f"as_completed takes a list, tuple or dict of targets, got a "
+                f"{type(targets).__name__} (for one target, use compute)"
+            )
+        check_targets(targets, "as_completed")
+        values = targets.values() if isinstance(targets, dict) else targets
+        if isinstance(targets, list) and all(type(target) is Delayed for target in values):
+            return self._run(targets, progress, "as_completed", timeout)  # the common case
+        completion = Completion(targets)
+        leaves = self._run(completion.leaves, progress, "as_completed", timeout)
+        return _completed(completion, leaves)
 
     # -- concurrent.futures.Executor ---------------------------------------------------------
 
@@ -382,6 +392,16 @@ class Orchestrator(Executor):
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError(REFUSED_AFTER_CLOSE)
+
+
+def _completed(
+    completion: Completion, leaves: Iterator[tuple[int, Any]]
+) -> Iterator[tuple[Any, Any]]:
+    yield from completion.complete_now()
+    for leaf, value in leaves:
+        done = completion.take(leaf, value)
+        if done is not None:
+            yield done
 
 
 def _check_timeout(timeout: float | None) -> None:

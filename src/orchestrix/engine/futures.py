@@ -16,7 +16,7 @@ import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from concurrent.futures._base import PENDING, RUNNING
+from concurrent.futures._base import CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
 from typing import Any
 
 __all__ = ["CallFuture", "CallbackThread"]
@@ -93,6 +93,8 @@ class CallFuture(Future[Any]):
         with self._condition:
             if self._state == RUNNING:
                 return True
+            if self._state in (CANCELLED_AND_NOTIFIED, FINISHED):
+                return False  # withdrawn (see cancel), or failed by a close
             return self.set_running_or_notify_cancel()
 
     def cancel(self) -> bool:
@@ -102,7 +104,12 @@ class CallFuture(Future[Any]):
         withdraw = self.withdraw
         if withdraw is not None and not withdraw():
             return False  # a worker has the call: it runs, and its outcome will be set
-        return super().cancel()
+        if not super().cancel():
+            return False
+        # The call will never run, so nothing else will tell the waiters (``wait``,
+        # ``as_completed``) that this future is done: tell them now.
+        self.set_running_or_notify_cancel()
+        return True
 
     def add_done_callback(self, fn: Callable[[Future[Any]], object]) -> None:
         adder = threading.get_ident()

@@ -160,7 +160,9 @@ class _DumpedFile:
 class DumpedArray:
     """Parent side: owns one dump file; the file is deleted when the handle is collected.
 
-    Pickled to a worker, it becomes a read-only memory map of the file.
+    Pickled to a worker, it becomes a copy-on-write memory map of the file, as it does for the
+    caller (:meth:`open`): a task or the caller may change the array in place, as in every other
+    mode, and the change stays in that process's memory, never in the file that others read.
     """
 
     __slots__ = ("__weakref__", "path")
@@ -174,9 +176,7 @@ class DumpedArray:
         return cls(path)
 
     def open(self) -> Any:
-        import numpy
-
-        return numpy.load(self.path, mmap_mode="r")
+        return _open_dump(self.path)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_open_dump, (self.path,))
@@ -188,14 +188,14 @@ class DumpedArray:
 def _open_dump(path: str) -> Any:
     import numpy
 
-    return numpy.load(path, mmap_mode="r")
+    return numpy.load(path, mmap_mode="c")  # copy-on-write: writable, the file untouched
 
 
 _PLAIN = (int, float, str, bytes, bool, type(None))
 
 
 def materialize(value: Any) -> Any:
-    """Replace the dump handles in a result by read-only memory maps, for the caller."""
+    """Replace the dump handles in a result by copy-on-write memory maps, for the caller."""
     if type(value) in _PLAIN:
         return value  # the common case of small results: nothing to walk
     return map_nested(value, DumpedArray, DumpedArray.open)

@@ -197,15 +197,15 @@ class DaskBackend(Backend):
         return self._watch([(unit, future)], sink)
 
     def withdraw(self, job_id: int) -> bool:
-        """Cancel a call that no worker was given yet. The scheduler says where the task is:
-        once it is processing, a worker has it. (Between that answer and the cancel, the
-        scheduler may still hand it over: dask then drops the running call's result.)"""
+        """Cancel a call that no worker was given yet. The scheduler decides, in one step of its
+        event loop, so that it cannot hand the task over in between: once the task is
+        processing, a worker has it."""
         with self._lock:
             entries = self._futures.get(job_id, [])
             if len(entries) != 1 or entries[0][1].key not in self._starting:
                 return False  # finished, started, or not a call of submit
             future, unit, _ = entries[0]
-        if self.client.run_on_scheduler(_task_state, future.key) not in _NOT_STARTED:
+        if not self.client.run_on_scheduler(_withdraw_on_scheduler, future.key, self.client.id):
             return False
         with self._lock:
             if self._starting.pop(unit.key, None) is None:
@@ -398,7 +398,15 @@ def _unshipped(shipped: Shipped) -> Any:
 _NOT_STARTED = frozenset({"released", "waiting", "queued", "no-worker", None})
 
 
-def _task_state(key: str, dask_scheduler: Any = None) -> str | None:
-    """Run on the scheduler: the state of task ``key`` there (None if it is gone)."""
+def _withdraw_on_scheduler(key: str, client: str, dask_scheduler: Any = None) -> bool:
+    """Run on the scheduler: cancel task ``key`` of ``client`` unless a worker has it."""
     task = dask_scheduler.tasks.get(key)
-    return None if task is None else task.state
+    if task is None or task.state not in _NOT_STARTED:
+        return False
+    try:
+        dask_scheduler.stimulus_cancel(
+            [key], client, force=False, reason="withdrawn", msg="cancelled before it started"
+        )
+    except TypeError:  # distributed before 2024.4 takes no reason
+        dask_scheduler.stimulus_cancel([key], client, force=False)
+    return True
