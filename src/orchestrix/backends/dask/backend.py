@@ -204,12 +204,11 @@ class DaskBackend(Backend):
             entries = self._futures.get(job_id, [])
             if len(entries) != 1 or entries[0][1].key not in self._starting:
                 return False  # finished, started, or not a call of submit
-            future, unit, _ = entries[0]
+            future = entries[0][0]
         if not self.client.run_on_scheduler(_withdraw_on_scheduler, future.key, self.client.id):
             return False
-        with self._lock:
-            if self._starting.pop(unit.key, None) is None:
-                return False  # its start was reported meanwhile
+        # The scheduler's answer is the truth: no worker had it, and none will. (Its cancel may
+        # already have reached our callback, which then leaves the entry to this cancel.)
         self.cancel([job_id])
         return True
 
