@@ -259,6 +259,8 @@ class _Run:
         while left:
             capacity = backend.capacity()
             while self.ready and len(self.in_flight) < capacity:
+                if self.deadline is not None and time.monotonic() >= self.deadline:
+                    raise _Expired  # no new work after it (sequential: between tasks)
                 unit = self.ready.popleft()
                 inputs = self._take_inputs(unit)
                 # The sink may fire (in another thread) before submit returns: it only queues.
