@@ -223,7 +223,7 @@ def _other(obj: Any, depth: int, path: set[int]) -> str:
         return f"{_array_kind(obj)}({obj.dtype}, {shape})"
     fields = _fields(obj)
     if fields is not None:
-        name = type(obj).__qualname__
+        name = type(obj).__name__
         if depth <= 0 or id(obj) in path:
             return f"{name}({ELLIPSIS})"
         path.add(id(obj))
@@ -237,7 +237,7 @@ def _other(obj: Any, depth: int, path: set[int]) -> str:
         return _opaque(obj)
     size = _length(obj)
     if size is not None and size > MAX_LEN_FOR_REPR:
-        return f"<{type(obj).__qualname__} of {size:,} items>"
+        return f"<{type(obj).__name__} of {size:,} items>"
     return _cut(repr(obj), MAX_ARG)
 
 
@@ -274,7 +274,7 @@ def _length(obj: Any) -> int | None:
 
 
 def _opaque(obj: Any) -> str:
-    return f"<{type(obj).__qualname__}>"
+    return f"<{type(obj).__name__}>"
 
 
 def _cut(text: str, limit: int, tail: str = "") -> str:
