@@ -197,9 +197,7 @@ def _everywhere(out_dir, report, events, key, inputs):
 def test_a_failed_task_names_its_inputs(options, tmp_path):
     out, events = str(tmp_path / "run"), []
     target = load(3)
-    error, report = _run_failing(
-        options, out, events, lambda orch: orch.compute([load(1), target])
-    )
+    error, report = _run_failing(options, out, events, lambda orch: orch.compute([load(1), target]))
     assert str(error) == (
         f"task 'load' failed on load(i=3): ValueError: tile 3 is corrupt (key {target.key})"
     )
@@ -233,7 +231,7 @@ def test_a_map_item_names_its_item(options, tmp_path, chunksize):
     def run(orch):
         results.extend(orch.map(square_unless_7, range(10), chunksize=chunksize))
 
-    error, report = _run_failing(options, out, events, run)
+    error, _ = _run_failing(options, out, events, run)
     assert results == [x * x for x in range(7)]
     assert isinstance(error, ZeroDivisionError)
     assert "square_unless_7(x=7)" in str(error)
@@ -291,18 +289,19 @@ def test_a_journal_without_inputs_still_reads_and_gains_them(tmp_path):
         {"key": "load-1", "name": "load", "worker": "w", "error": "ValueError: old", "inputs": None}
     ]
     assert "    on " not in format_status(status)
-    with ox.Orchestrator(mode="sequential", out_dir=str(out), resume=True) as orch:
-        with pytest.raises(ValueError):
-            orch.compute(load(3))
+    with (
+        ox.Orchestrator(mode="sequential", out_dir=str(out), resume=True) as orch,
+        pytest.raises(ValueError),
+    ):
+        orch.compute(load(3))
     failed = {task["key"]: task["inputs"] for task in read_status(str(out))["failed"]}
     assert failed == {"load-1": None, load(3).key: "load(i=3)"}
 
 
 def test_status_command_shows_the_inputs(tmp_path):
     out = str(tmp_path / "run")
-    with ox.Orchestrator(mode="sequential", out_dir=out) as orch:
-        with pytest.raises(ValueError):
-            orch.compute(load(3))
+    with ox.Orchestrator(mode="sequential", out_dir=out) as orch, pytest.raises(ValueError):
+        orch.compute(load(3))
     command = [sys.executable, "-m", "orchestrix", "status", out]
     text = subprocess.run(command, capture_output=True, text=True, check=True, env=child_env())
     assert "    on load(i=3)" in text.stdout
