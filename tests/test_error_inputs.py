@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 import sqlite3
 import subprocess
 import sys
@@ -17,10 +18,13 @@ import pytest
 import orchestrix as ox
 from deadline import within
 from durable_helpers import child_env
+from orchestrix import failures
+from orchestrix.failures import TaskFailure
 from orchestrix.graph.inputs import MAX_ARG, MAX_CHARS, describe_call, describe_node, short_repr
 from orchestrix.graph.tasks import Ref
 from orchestrix.journal.journal import JOURNAL_FILE
 from orchestrix.journal.status import format_status, read_status
+from tasks import exit_with
 
 
 @ox.task
@@ -309,3 +313,51 @@ def test_status_command_shows_the_inputs(tmp_path):
         [*command, "--json"], capture_output=True, text=True, check=True, env=child_env()
     )
     assert json.loads(as_json.stdout)["failed"][0]["inputs"] == "load(i=3)"
+
+
+# -- the messages ----------------------------------------------------------------------------------
+
+
+def test_the_message_of_a_task_that_raised():
+    failure = TaskFailure("load-1", "load", ValueError("bad input"))
+    error = failures.caller_error(failure, "load(i=3)")
+    assert str(error) == "task 'load' failed on load(i=3): ValueError: bad input (key load-1)"
+    assert isinstance(error, ValueError) and isinstance(error, ox.TaskError)
+    copy = pickle.loads(pickle.dumps(error))
+    assert str(copy) == str(error) and isinstance(copy, ValueError)
+    plain = failures.caller_error(failure)  # no inputs known: the message of before
+    assert str(plain) == "task 'load' failed: ValueError: bad input (key load-1)"
+
+
+def test_a_verdict_ends_with_the_call_it_stopped():
+    crash = failures.crash_error("load-1", "load", -9, 42)
+    error = failures.caller_error(crash, "load(i=3)")
+    assert error is crash and type(error) is ox.WorkerCrashedError and error.exitcode == -9
+    assert str(error).startswith("the worker process running task 'load' was killed by SIGKILL")
+    assert str(error).endswith("(pid 42, key load-1); the call: load(i=3)")
+    assert str(failures.caller_error(crash, "load(i=3)")) == str(error)  # told once
+    copy = pickle.loads(pickle.dumps(error))
+    assert (str(copy), copy.exitcode) == (str(error), -9)
+    upstream = failures.upstream_error("b-2", "b", crash, error, "load(i=3)")
+    assert str(upstream).count("load(i=3)") == 1
+
+
+def test_the_message_of_a_map_item():
+    batch = failures.caller_error(TaskFailure("b-1", "sq[chunk]", ValueError("odd")), "sq(x=13)")
+    error = failures.map_item_error(batch, "sq", 12, 2, ValueError("odd"), "tb", "sq(x=13)")
+    assert str(error) == (
+        "task 'sq' failed on map item 12, sq(x=13): ValueError: odd (key b-1[2], call 2 of "
+        "batch task 'sq[chunk]')"
+    )
+
+
+def test_a_crashed_worker_names_the_call(options, tmp_path):
+    if options["mode"] != "multiprocessing":
+        pytest.skip("a worker process of a pool dies here")
+    out, events = str(tmp_path / "run"), []
+    options = {**options, "retries": 0}
+    error, report = _run_failing(options, out, events, lambda orch: orch.compute(exit_with(3)))
+    assert isinstance(error, ox.WorkerCrashedError)
+    assert str(error).endswith("; the call: exit_with(code=3)")
+    (failed,) = [event for event in events if event.state == "FAILED"]
+    _everywhere(out, report, events, failed.key, "exit_with(code=3)")

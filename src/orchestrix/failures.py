@@ -99,11 +99,13 @@ def upstream_error(
 ) -> TaskError:
     """The error of target ``key`` that did not run because ``failure`` (whose caller's error is
     ``cause``; ``inputs``: the failed call) happened upstream of it."""
+    what = _describe(_what_failed(failure))
+    on = _on(inputs) if not (inputs and inputs in what) else ""  # a verdict may name it
     error = UpstreamTaskError(
         key,
         name,
-        f"task {name!r} did not run: upstream task {cause.name!r} failed{_on(inputs)} with "
-        f"{_describe(_what_failed(failure))} (key {key}, upstream key {cause.key})",
+        f"task {name!r} did not run: upstream task {cause.name!r} failed{on} with "
+        f"{what} (key {key}, upstream key {cause.key})",
         cause.key,
         cause.name,
     )
