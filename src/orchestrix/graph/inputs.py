@@ -29,7 +29,7 @@ __all__ = ["MAX_CHARS", "describe_call", "describe_node", "short_repr"]
 MAX_CHARS = 160
 #: the most characters of one argument, and of a quoted string's content
 MAX_ARG = 80
-MAX_STRING = 40
+MAX_STRING = 56
 #: bytes shown of a longer bytes object (a byte may take 4 characters: \x00)
 MAX_BYTES = 12
 #: items shown of a container, and levels of nesting walked
@@ -159,7 +159,8 @@ def _quoted(text: str) -> str:
         return repr(text)
     # more of the end than of the start: a path's file name, a message's last words
     head = MAX_STRING // 4
-    return f"{text[:head]!r}{ELLIPSIS}{text[head - MAX_STRING :]!r} ({len(text):,} chars)"
+    cut = text[:head] + ELLIPSIS + text[head - MAX_STRING :]
+    return f"{cut!r} ({len(text):,} chars)"
 
 
 def _binary(data: bytes | bytearray) -> str:
