@@ -8,6 +8,10 @@ Kinds of arguments: one int; a path and a keyword; an upstream output and a floa
 array (a tile's window); a small dict of options; and a map item (``describe_call``). Times are
 the best of 5 (``time.perf_counter``), in microseconds per task.
 
+On 2026-12-02 (2 busy cores): 6.6 (int), 8.7 (path), 8.6 (upstream), 12.7 (array), 11.7 (dict),
+6.6 (map item), against 12.0 for a sequential noop task; with the function's signature cached
+(not done: a cache keeps functions alive) 1.3, 1.8, 1.8, 5.3, 4.8 and 1.2.
+
 Run: ``python benchmarks/bench_inputs.py``.
 """
 

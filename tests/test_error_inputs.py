@@ -427,3 +427,11 @@ def test_a_task_done_on_resume_loses_its_inputs(tmp_path):
             ).fetchone()
         inputs = f"fail_unless(marker={short_repr(marker)})"
         assert row == (("FAILED", inputs), ("DONE", None))[attempt]
+
+
+def test_a_bad_item_leaves_its_container_shown():
+    class Hostile:
+        def __repr__(self):
+            raise RuntimeError("no repr for you")
+
+    assert short_repr([1, Hostile(), "a"]) == "[1, <Hostile>, 'a']"

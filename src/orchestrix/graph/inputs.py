@@ -16,7 +16,6 @@ Pure: the standard library only (numpy arrays are recognised by their ``shape`` 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -95,19 +94,8 @@ def _named(func: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> list[
 
 def _parameters(func: Any) -> tuple[str, ...] | None:
     """The names positional arguments bind to ("" for a positional-only one), or None where the
-    signature is not known (a builtin, a C function)."""
-    try:
-        return _cached_parameters(func)
-    except TypeError:  # an unhashable callable: not cached
-        return _read_parameters(func)
-
-
-@functools.lru_cache(maxsize=256)
-def _cached_parameters(func: Any) -> tuple[str, ...] | None:
-    return _read_parameters(func)
-
-
-def _read_parameters(func: Any) -> tuple[str, ...] | None:
+    signature is not known (a builtin, a C function). Not cached: it is read for a failure
+    only (~10 us), and a cache would keep functions alive, with what their closures hold."""
     try:
         signature = inspect.signature(func)
     except (TypeError, ValueError):
@@ -239,7 +227,10 @@ def _other(obj: Any, depth: int, path: set[int]) -> str:
     size = _length(obj)
     if size is not None and size > MAX_LEN_FOR_REPR:
         return f"<{type(obj).__name__} of {size:,} items>"
-    return _cut(repr(obj), MAX_ARG)
+    try:
+        return _cut(repr(obj), MAX_ARG)
+    except Exception:  # noqa: BLE001 - one bad item leaves the rest of its container shown
+        return _opaque(obj)
 
 
 def _fields(obj: Any) -> list[str] | None:
