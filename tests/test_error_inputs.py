@@ -245,7 +245,10 @@ def test_a_map_item_names_its_item(options, tmp_path, chunksize):
         assert "failed on map item 7, square_unless_7(x=7): ZeroDivisionError" in str(error)
     (failed,) = [event for event in events if event.state == "FAILED"]
     assert failed.inputs == "square_unless_7(x=7)"
-    assert "square_unless_7(x=7)" in format_status(read_status(out))
+    status = read_status(out)
+    assert "square_unless_7(x=7)" in format_status(status)
+    # the error too, whichever of the failure and its unit's record the journal got first
+    assert "ZeroDivisionError" in status["failed"][0]["error"]
 
 
 def test_a_submitted_call_names_its_arguments(options, tmp_path):

@@ -215,8 +215,9 @@ class JournalWriter:
     def _record_unknown(self, key: str, state: str, *times: Any) -> None:
         """A task this journal holds no row of (killed, then it finished after all)."""
         known = self._final.pop(key, None)
-        if known is not None:
-            self._final[key] = (key, known[1], state, known[3], *times, None, known[9])
+        if known is not None:  # a failure told before its unit's record keeps its error
+            error = known[8] if state == FAILED else None
+            self._final[key] = (key, known[1], state, known[3], *times, error, known[9])
         else:
             self._partial[key] = (key, _name_of(key), state, None, *times, None, 0)
 
