@@ -49,12 +49,12 @@ def describe_node(node: TaskNode) -> str:
     """The call of ``node`` in one line of at most :data:`MAX_CHARS` characters. A function
     whose arguments say little by themselves (a map batch, a tile's task) describes its call
     itself, as its ``__orchestrix_inputs__(*args, **kwargs)``."""
-    own = getattr(node.func, "__orchestrix_inputs__", None)
-    if own is not None:
-        try:
-            return _cut(own(*node.args, **node.kwargs), MAX_CHARS)
-        except Exception:  # noqa: BLE001 - then as any other call
-            pass
+    try:
+        own = getattr(node.func, "__orchestrix_inputs__", None)
+        if own is not None:
+            return _cut(str(own(*node.args, **node.kwargs)), MAX_CHARS)
+    except Exception:  # noqa: BLE001 - then as any other call
+        pass
     return describe_call(node.func, node.name, node.args, node.kwargs)
 
 
