@@ -70,19 +70,23 @@ Failure: TypeAlias = TaskFailure | TaskError
 # -- the caller's path ------------------------------------------------------------------------
 
 
-def caller_error(failure: Failure) -> TaskError:
-    """The error that reports ``failure`` to the caller: a verdict as it is, a fact converted."""
-    return failure if isinstance(failure, TaskError) else raised_error(failure)
+def caller_error(failure: Failure, inputs: str | None = None) -> TaskError:
+    """The error that reports ``failure`` to the caller: a fact converted, a verdict as it is.
+    Either names ``inputs``, the failed call in one line (see :mod:`orchestrix.graph.inputs`)."""
+    if isinstance(failure, TaskError):
+        return _naming_call(failure, inputs)
+    return raised_error(failure, inputs)
 
 
-def raised_error(failure: TaskFailure) -> TaskError:
-    """The :class:`TaskError` of a task that raised: ``__cause__`` is the exception, whose own
-    ``__cause__`` is a :class:`RemoteTraceback` when it came from another process."""
+def raised_error(failure: TaskFailure, inputs: str | None = None) -> TaskError:
+    """The :class:`TaskError` of a task that raised (called as ``inputs``): ``__cause__`` is the
+    exception, whose own ``__cause__`` is a :class:`RemoteTraceback` when it came from another
+    process."""
     exc = failure.exception
     error = TaskError(
         failure.key,
         failure.name,
-        f"task {failure.name!r} failed: {_describe(exc)} (key {failure.key})",
+        f"task {failure.name!r} failed{_on(inputs)}: {_describe(exc)} (key {failure.key})",
     )
     if failure.traceback_text is not None and exc.__cause__ is None:
         exc.__cause__ = RemoteTraceback(failure.traceback_text)
@@ -90,14 +94,18 @@ def raised_error(failure: TaskFailure) -> TaskError:
     return typed_error(error, exc)
 
 
-def upstream_error(key: str, name: str, failure: Failure, cause: TaskError) -> TaskError:
+def upstream_error(
+    key: str, name: str, failure: Failure, cause: TaskError, inputs: str | None = None
+) -> TaskError:
     """The error of target ``key`` that did not run because ``failure`` (whose caller's error is
-    ``cause``) happened upstream of it."""
+    ``cause``; ``inputs``: the failed call) happened upstream of it."""
+    what = _describe(_what_failed(failure))
+    on = _on(inputs) if not (inputs and inputs in what) else ""  # a verdict may name it
     error = UpstreamTaskError(
         key,
         name,
-        f"task {name!r} did not run: upstream task {cause.name!r} failed with "
-        f"{_describe(_what_failed(failure))} (key {key}, upstream key {cause.key})",
+        f"task {name!r} did not run: upstream task {cause.name!r} failed{on} with "
+        f"{what} (key {key}, upstream key {cause.key})",
         cause.key,
         cause.name,
     )
@@ -148,6 +156,20 @@ def _typed_like(error: TaskError, like: TaskError) -> TaskError:
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
+
+
+def _on(inputs: str | None) -> str:
+    """Where a message names the failed call: ``task 'load' failed on load(i=3): ...``."""
+    return f" on {inputs}" if inputs else ""
+
+
+def _naming_call(error: TaskError, inputs: str | None) -> TaskError:
+    """A verdict (a crash, a timeout...), its message ending with the call it stopped. Changed
+    in place: a verdict is made for one unit and told once (its class and fields stay)."""
+    suffix = f"; the call: {inputs}"
+    if inputs and error.args and not str(error).endswith(suffix):
+        error.args = (f"{error}{suffix}", *error.args[1:])
+    return error
 
 
 # -- crossing a process boundary --------------------------------------------------------------
@@ -315,13 +337,20 @@ def map_batch_error(error: TaskError, name: str, first: int, count: int) -> Task
 
 
 def map_item_error(
-    error: TaskError, name: str, item: int, index: int, exc: BaseException, text: str
+    error: TaskError,
+    name: str,
+    item: int,
+    index: int,
+    exc: BaseException,
+    text: str,
+    inputs: str | None = None,
 ) -> TaskError:
-    """Call ``index`` (map item ``item``) of the batch task that failed with ``error`` raised
-    ``exc`` (``text``: its formatted traceback)."""
+    """Call ``index`` (map item ``item``, the call ``inputs``) of the batch task that failed with
+    ``error`` raised ``exc`` (``text``: its formatted traceback)."""
     key = f"{error.key}[{index}]"
+    call = f", {inputs}" if inputs else ""
     message = (
-        f"task {name!r} failed on map item {item}: {_describe(exc)} "
+        f"task {name!r} failed on map item {item}{call}: {_describe(exc)} "
         f"(key {key}, call {index} of batch task {error.name!r})"
     )
     item_error = TaskError(key, name, message)

@@ -22,10 +22,11 @@ from . import failures
 from .backends import create_backend_class
 from .config import Config, load_config_file, parse_config
 from .engine.futures import CallbackThread, CallFuture
-from .engine.mapping import BatchSizer, OrderedMap, call_batch, tasks_in_flight
+from .engine.mapping import BatchSizer, OrderedMap, call_batch, failed_call, tasks_in_flight
 from .engine.scheduler import reported_error
 from .errors import REFUSED_AFTER_CLOSE
 from .graph.factorize import WorkUnit
+from .graph.inputs import describe_call
 from .graph.targets import Completion, check_targets
 from .graph.tasks import (
     Delayed,
@@ -204,6 +205,7 @@ class Orchestrator(Executor):
             deadline=deadline,
             name=name,
             on_batch=None if bar is None else count_items,
+            describe=functools.partial(describe_call, fn, name),
         )
         return self._files.iterate(run.results(None if bar is None else bar.close))
 
@@ -350,8 +352,10 @@ class Orchestrator(Executor):
     def _settle(self, future: CallFuture, outcome: UnitOutcome) -> None:
         if not future.mark_running():  # a backend that cannot say when a call starts
             return  # cancelled: it was withdrawn, its outcome is a close's
-        if outcome.failure is not None:
-            future.set_exception(reported_error(self.monitor, outcome.failure))
+        failure = outcome.failure
+        if failure is not None:
+            inputs = failed_call(outcome.unit.tasks[0], failure)
+            future.set_exception(reported_error(self.monitor, failure, inputs))
             return
         try:
             value = self._backend.materialize(outcome.value)

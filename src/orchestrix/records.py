@@ -156,6 +156,9 @@ class FailureRecord(NamedTuple):
     #: ``"Type: message"`` of the error (None where only the traceback travelled: the journal)
     error: str | None
     traceback: str | None
+    #: the failed call in one line, ``load(i=3)`` (see :mod:`orchestrix.graph.inputs`); None
+    #: where not known (a journal written before it was kept)
+    inputs: str | None = None
 
 
 class Registered(NamedTuple):

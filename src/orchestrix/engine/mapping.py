@@ -25,9 +25,18 @@ from typing import Any
 
 from .. import failures
 from ..errors import TaskError
-from ..failures import portable_exception
+from ..failures import Failure, TaskFailure, portable_exception
+from ..graph.inputs import describe_call, describe_node
+from ..graph.tasks import TaskNode, function_name
 
-__all__ = ["BatchSizer", "ItemFailed", "OrderedMap", "call_batch", "tasks_in_flight"]
+__all__ = [
+    "BatchSizer",
+    "ItemFailed",
+    "OrderedMap",
+    "call_batch",
+    "failed_call",
+    "tasks_in_flight",
+]
 
 #: the work an automatic batch aims at: long enough that a task's cost (~50 us in the caller)
 #: is under 1% of it, short enough that the sizes follow the calls and the last batches balance
@@ -102,6 +111,29 @@ def call_batch(fn: Callable[..., Any], calls: list[Call]) -> tuple[list[Any], fl
     return results, time.perf_counter() - begin
 
 
+def _batch_inputs(fn: Callable[..., Any], calls: list[Call]) -> str:
+    """A batch in one line: its first and last calls and their number (see graph.inputs)."""
+    name = function_name(fn)
+    first = describe_call(fn, name, calls[0]) if calls else f"{name}()"
+    if len(calls) < 2:
+        return first
+    return f"{first} ... {describe_call(fn, name, calls[-1])} ({len(calls):,} calls)"
+
+
+call_batch.__orchestrix_inputs__ = _batch_inputs  # type: ignore[attr-defined]
+
+
+def failed_call(node: TaskNode, failure: Failure) -> str:
+    """The failed call of ``node`` in one line: a batch's item that raised, or the call itself
+    (a batch whose worker died: its first and last items)."""
+    if node.func is call_batch and isinstance(failure, TaskFailure):
+        failed = failure.exception
+        if isinstance(failed, ItemFailed):
+            fn, calls = node.args
+            return describe_call(fn, function_name(fn), calls[failed.index])
+    return describe_node(node)
+
+
 class OrderedMap:
     """One ``map`` call: submits batches while fewer than ``window`` are in flight, yields their
     results in input order, refilling the window as each batch is taken.
@@ -109,7 +141,8 @@ class OrderedMap:
     ``submit(calls)`` returns the future of a batch task (of :func:`call_batch`), or with
     ``plain=True`` the future of the single call ``calls[0]``. ``cancel(futures)`` drops
     unfinished ones when the caller stops early. ``on_batch(future, calls)`` sees every batch
-    submitted (the progress bar counts its items). ``name`` is the function's, for errors.
+    submitted (the progress bar counts its items). ``name`` is the function's, for errors;
+    ``describe(call)`` tells a failed call's inputs in one line.
     """
 
     def __init__(
@@ -124,12 +157,15 @@ class OrderedMap:
         deadline: float | None = None,
         name: str = "",
         on_batch: Callable[[Future[Any], int], None] | None = None,
+        describe: Callable[[Call], str] | None = None,
     ) -> None:
         self._submit, self._cancel, self._calls = submit, cancel, calls
         self._sizer, self._window, self._plain = sizer, window, plain
         self._deadline, self._name, self._on_batch = deadline, name, on_batch
-        #: future, first item, number of calls, the batch's first call (to size the next ones)
-        self._jobs: deque[tuple[Future[Any], int, int, Call]] = deque()
+        self._describe = describe
+        #: future, first item, number of calls, the batch's calls (the first sizes the next
+        #: ones; a failed one is named). The task of the batch holds the same list meanwhile.
+        self._jobs: deque[tuple[Future[Any], int, int, list[Call]]] = deque()
         self._read = 0  # items read from the iterables so far
         self._exhausted = False
         self._fill()  # the first batches start now, as Executor.map's calls do
@@ -143,18 +179,19 @@ class OrderedMap:
             future = self._submit(batch)
             if self._on_batch is not None:
                 self._on_batch(future, len(batch))
-            self._jobs.append((future, self._read, len(batch), batch[0]))
+            self._jobs.append((future, self._read, len(batch), batch))
             self._read += len(batch)
 
     def results(self, done: Callable[[], None] | None = None) -> Iterator[Any]:
         """The results in input order; ``done()`` is called at the end, however it ends."""
         try:
             while self._jobs:
-                future, first, count, sample = self._jobs.popleft()
-                results, seconds, error = self._take(future, first, count)
+                future, first, count, batch = self._jobs.popleft()
+                results, seconds, error = self._take(future, first, batch)
                 del future  # it holds the results: the caller's must be the last reference
                 if seconds is not None and not self._sizer.fixed:
-                    self._sizer.observe(count, seconds, _pickled_size(sample, results[0]))
+                    self._sizer.observe(count, seconds, _pickled_size(batch[0], results[0]))
+                del batch
                 if error is None:
                     self._fill()  # before yielding: the workers go on while the caller reads
                 results.reverse()
@@ -171,7 +208,7 @@ class OrderedMap:
                 done()
 
     def _take(
-        self, future: Future[Any], first: int, count: int
+        self, future: Future[Any], first: int, batch: list[Call]
     ) -> tuple[list[Any], float | None, TaskError | None]:
         """A batch's results, the seconds its calls took, and the error of its failed call."""
         remaining = None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
@@ -182,8 +219,8 @@ class OrderedMap:
         except TaskError as error:
             failed = error.__cause__
             if not isinstance(failed, ItemFailed):
-                raise self._batch_error(error, first, count) from error.__cause__
-            return failed.results, None, self._item_error(error, failed, first)
+                raise self._batch_error(error, first, len(batch)) from error.__cause__
+            return failed.results, None, self._item_error(error, failed, first, batch)
         if self._plain:
             return [value], None, None
         results, seconds = value
@@ -196,10 +233,13 @@ class OrderedMap:
             return error
         return failures.map_batch_error(error, self._name, first, count)
 
-    def _item_error(self, error: TaskError, failed: ItemFailed, first: int) -> TaskError:
-        item = first + failed.index
+    def _item_error(
+        self, error: TaskError, failed: ItemFailed, first: int, batch: list[Call]
+    ) -> TaskError:
+        item, index = first + failed.index, failed.index
+        inputs = self._describe(batch[index]) if self._describe is not None else None
         return failures.map_item_error(
-            error, self._name, item, failed.index, failed.exception, failed.traceback_text
+            error, self._name, item, index, failed.exception, failed.traceback_text, inputs
         )
 
 

@@ -24,7 +24,8 @@ from ..backends.base import Backend
 from ..errors import TaskError
 from ..failures import Failure
 from ..graph.factorize import WorkUnit, factorize, one_unit_per_task
-from ..graph.tasks import Delayed, build_graph
+from ..graph.inputs import describe_node
+from ..graph.tasks import Delayed, TaskNode, build_graph
 from ..monitoring.monitor import Monitor
 from ..worker.execute import UnitOutcome
 from .store import ResultStore
@@ -319,13 +320,26 @@ class _Run:
         """The error to raise: the first target (in input order) that the failure reaches."""
         failure = outcome.failure
         assert failure is not None
-        cause = reported_error(self.monitor, failure)
+        node = self._node_of(outcome.unit, failure.key)
+        inputs = None if node is None else describe_node(node)
+        cause = reported_error(self.monitor, failure, inputs)
         downstream = self._downstream(outcome.unit.key)
         hit = min((self.targets_at[key][0], key) for key in downstream if key in self.targets_at)
         target_key = hit[1]
         if target_key == cause.key:
             return cause
-        return failures.upstream_error(target_key, self.units[target_key].name, failure, cause)
+        name = self.units[target_key].name
+        return failures.upstream_error(target_key, name, failure, cause, inputs)
+
+    def _node_of(self, unit: WorkUnit, key: str) -> TaskNode | None:
+        """The task ``key`` that failed: in the unit reported (a verdict names the unit by its
+        last task), or upstream of it (a backend that runs graphs reports the target's unit)."""
+        for candidate in (unit, self.units.get(key)):
+            for node in candidate.tasks if candidate is not None else ():
+                if node.key == key:
+                    return node
+        # inside a fused unit upstream: a walk, once per failed run
+        return next((n for u in self.units.values() for n in u.tasks if n.key == key), None)
 
     def _downstream(self, key: str) -> list[str]:
         seen = {key}
@@ -342,8 +356,9 @@ class _Expired(Exception):
     """The run's deadline passed (the engine turns it into a TimeoutError with the counts)."""
 
 
-def reported_error(monitor: Any, failure: Failure) -> TaskError:
+def reported_error(monitor: Any, failure: Failure, inputs: str | None = None) -> TaskError:
     """The one place in the caller's path where a backend's failure becomes the caller's error:
-    the run's records note it, then :func:`failures.caller_error` converts it (once)."""
-    monitor.note_failure(failure, failures.worker_of(failure))
-    return failures.caller_error(failure)
+    the run's records note it, then :func:`failures.caller_error` converts it (once).
+    ``inputs`` is the failed call in one line (:func:`describe_node`), for both."""
+    monitor.note_failure(failure, failures.worker_of(failure), inputs)
+    return failures.caller_error(failure, inputs)

@@ -232,6 +232,15 @@ def run_tile(func: Callable[[Any], Any], data: Any, tile: Tile, sink: ArraySink 
     return None
 
 
+def _tile_inputs(func: Callable[[Any], Any], data: Any, tile: Tile, sink: Any) -> str:
+    """A tile's task in one line (see graph.inputs): the tile, not its pixels."""
+    window = ", ".join(f"{s.start}:{s.stop}" for s in tile.window)
+    return f"{function_name(func)}(tile {tile.index} at [{window}])"
+
+
+run_tile.__orchestrix_inputs__ = _tile_inputs
+
+
 def _own_part(output: Any, tile: Tile, name: str) -> Any:
     """The tile's own part of ``output``: cut from a grown-window output, kept as it is if it
     has the tile's shape already (leading axes; trailing axes such as bands are free)."""

@@ -11,7 +11,9 @@ Layout, one record per event (``*`` repeats; lists of keys end with ``None``):
 - ``"G" canary (key name)* None``: registered (``canary``: 0 or 1)
 - ``"S" worker when key* None``: started
 - ``"R" worker peak_rss_mb n (started ok n_keys key* n_walls wall*)*n``: recorded
-- ``"F" key name worker error``: failed (``error``: the traceback, or the error's line)
+- ``"F" key name worker error``: failed (``error``: the traceback, or the error's line),
+  then, where the failed call is known, ``"I" inputs``: it in one line (a record of its own,
+  so that a batch in the layout of earlier versions still decodes)
 - ``"T" key* None``: retried; ``"K" key* None``: stopped
 - ``"L" (key name)* None``: loaded from a resumed run's results
 
@@ -63,6 +65,8 @@ class Tag(str, enum.Enum):
     RECORDED = "R"
     #: :class:`~orchestrix.records.FailureRecord`
     FAILED = "F"
+    #: the inputs of the failure just before (:attr:`FailureRecord.inputs`)
+    INPUTS = "I"
     #: :class:`~orchestrix.records.Retried`
     RETRIED = "T"
     #: :class:`~orchestrix.records.Stopped`
@@ -74,6 +78,7 @@ class Tag(str, enum.Enum):
 # The buffer holds the plain strings (a str subclass would pickle as the enum, by name).
 _G, _S, _R, _F = Tag.REGISTERED.value, Tag.STARTED.value, Tag.RECORDED.value, Tag.FAILED.value
 _T, _K, _L = Tag.RETRIED.value, Tag.STOPPED.value, Tag.LOADED.value
+_I = Tag.INPUTS.value
 
 
 # -- what the writer reads (tasks named by key) --------------------------------------------------
@@ -183,6 +188,9 @@ def _failed(append: Append, event: FailureRecord) -> None:
     append(event.name)
     append(event.worker)
     append(event.traceback or event.error)
+    if event.inputs is not None:
+        append(_I)
+        append(event.inputs)
 
 
 def _retried(append: Append, event: Retried) -> None:
@@ -249,8 +257,12 @@ def decode(flat: list[Any]) -> list[Decoded]:
             at = end + 1
         elif tag == _F:
             key, name, worker, text = flat[at + 1 : at + 5]
-            add(FailureRecord(key, name, worker, error=None, traceback=text))
             at += 5
+            inputs = None
+            if at < size and flat[at] == _I:
+                inputs = flat[at + 1]
+                at += 2
+            add(FailureRecord(key, name, worker, None, text, inputs))
         elif tag in (_T, _K):
             end = flat.index(None, at + 1)
             keys = flat[at + 1 : end]

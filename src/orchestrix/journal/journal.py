@@ -37,7 +37,15 @@ from ..records import Event, TaskState
 from ..runcontext import in_this_run
 from .codec import ENCODERS, decode
 
-__all__ = ["JOURNAL_FILE", "STATES", "Journal", "connect", "run_is_alive", "unusable_journal"]
+__all__ = [
+    "JOURNAL_FILE",
+    "STATES",
+    "Journal",
+    "connect",
+    "run_is_alive",
+    "task_columns",
+    "unusable_journal",
+]
 
 JOURNAL_FILE = "journal.sqlite"
 LOCK_FILE = "journal.lock"
@@ -49,14 +57,16 @@ BATCH_SECONDS = 0.25
 #: the longest ``close`` waits for the writer to take the last events and end
 CLOSE_SECONDS = 5.0
 logger = logging.getLogger("orchestrix")
-SCHEMA_VERSION = 1
+#: 2: tasks.inputs (a journal of version 1 gains the column when a run opens it)
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY, host TEXT, pid INTEGER, started REAL, ended REAL, outcome TEXT,
     resume INTEGER, argv TEXT);
 CREATE TABLE IF NOT EXISTS tasks (
     key TEXT PRIMARY KEY, name TEXT, state TEXT, attempts INTEGER, worker TEXT, started REAL,
-    ended REAL, peak_rss_mb REAL, error TEXT, canary INTEGER, resumed INTEGER, run INTEGER)
+    ended REAL, peak_rss_mb REAL, error TEXT, canary INTEGER, resumed INTEGER, run INTEGER,
+    inputs TEXT)
     WITHOUT ROWID;
 """
 _LIVE = (RUNNING, TESTING)
@@ -266,6 +276,7 @@ class Journal:
         connection = connect(self.path)
         try:
             connection.executescript(SCHEMA)
+            _add_inputs_column(connection)
             connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             connection.execute("BEGIN IMMEDIATE")
             if alone:  # no other live run: what earlier runs left running died with them
@@ -285,6 +296,22 @@ class Journal:
         finally:
             connection.close()
             fcntl.flock(self._lock_fd, fcntl.LOCK_SH)  # from exclusive (or none) to shared
+
+
+def task_columns(connection: sqlite3.Connection) -> set[str]:
+    """The columns of the journal's tasks table (an older journal has fewer)."""
+    return {row[1] for row in connection.execute("PRAGMA table_info(tasks)")}
+
+
+def _add_inputs_column(connection: sqlite3.Connection) -> None:
+    """Give a journal of version 1 the column of the failed calls' inputs."""
+    if "inputs" in task_columns(connection):
+        return
+    try:
+        connection.execute("ALTER TABLE tasks ADD COLUMN inputs TEXT")
+    except sqlite3.OperationalError:  # another run opening it at the same time added it
+        if "inputs" not in task_columns(connection):
+            raise
 
 
 def _try_lock(descriptor: int, operation: int) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import OrchestrixError
 from ..monitoring.monitor import format_seconds
-from .journal import JOURNAL_FILE, STATES, connect, run_is_alive, unusable_journal
+from .journal import JOURNAL_FILE, STATES, connect, run_is_alive, task_columns, unusable_journal
 
 __all__ = ["format_status", "read_status"]
 
@@ -48,10 +48,13 @@ def _query(connection: sqlite3.Connection, out_dir: str) -> dict[str, Any]:
     (loaded,) = connection.execute(
         "SELECT count(*) FROM tasks WHERE state = 'DONE' AND resumed = 1"
     ).fetchone()
+    # a journal written before the failed calls' inputs were kept has no such column
+    inputs = "inputs" if "inputs" in task_columns(connection) else "NULL"
     failed = [
-        {"key": key, "name": name, "worker": worker, "error": _last_line(error)}
-        for key, name, worker, error in connection.execute(
-            "SELECT key, name, worker, error FROM tasks WHERE state = 'FAILED' ORDER BY ended, key"
+        {"key": key, "name": name, "worker": worker, "error": _last_line(error), "inputs": call}
+        for key, name, worker, error, call in connection.execute(
+            f"SELECT key, name, worker, error, {inputs} FROM tasks WHERE state = 'FAILED' "
+            "ORDER BY ended, key"
         )
     ]
     by_name = [
@@ -107,6 +110,8 @@ def format_status(status: dict[str, Any], max_failed: int = 20) -> str:
         lines.append(f"failed tasks ({len(failed)}):")
         for task in failed[:max_failed]:
             lines.append(f"  {task['name']} ({task['key']}): {task['error'] or '?'}")
+            if task.get("inputs"):
+                lines.append(f"    on {task['inputs']}")
         if len(failed) > max_failed:
             lines.append(f"  ... and {len(failed) - max_failed} more")
     if status["running"] and status["alive"]:

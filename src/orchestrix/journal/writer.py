@@ -58,8 +58,12 @@ _MERGE = (
     "started = coalesce(excluded.started, started), ended = coalesce(excluded.ended, ended), "
     "peak_rss_mb = coalesce(excluded.peak_rss_mb, peak_rss_mb), "
     "error = CASE WHEN excluded.state = 'DONE' THEN NULL ELSE coalesce(excluded.error, error) END, "
+    "inputs = CASE WHEN excluded.state = 'DONE' THEN NULL ELSE inputs END, "
     "resumed = excluded.resumed, run = excluded.run"
 )
+# The failed calls' inputs, set after the rows of a batch are written (only a failure has them,
+# so the rows of every other task carry no column more). A row replaced later loses them.
+_SET_INPUTS = "UPDATE tasks SET inputs = ? WHERE key = ? AND state = 'FAILED'"
 # Fields of the in-memory row of a task not yet final (REGISTERED, RUNNING or TESTING).
 NAME, STATE, ATTEMPTS, WORKER, STARTED, CANARY = range(6)
 _LIVE = (RUNNING, TESTING)
@@ -77,6 +81,7 @@ class JournalWriter:
         # Rows that became final since the last write, whole (replace) or partial (merge).
         self._final: dict[str, tuple[Any, ...]] = {}
         self._partial: dict[str, tuple[Any, ...]] = {}
+        self._inputs: dict[str, str] = {}  # key -> the inputs of a task failed since then
         self._connection: sqlite3.Connection | None = None
         self._statements = [
             sql.format(run=run_id) for sql in (_REPLACE_FINAL, _MERGE, _REPLACE_LIVE)
@@ -161,6 +166,8 @@ class JournalWriter:
     def _on_failed(self, failure: FailureRecord) -> None:
         key, name, worker = failure.key, failure.name, failure.worker
         error = failure.traceback or failure.error
+        if failure.inputs:
+            self._inputs[key] = failure.inputs
         row = self._live.pop(key, None)
         if row is not None:
             self._finalize(key, row, FAILED, error=error, worker=worker)
@@ -208,8 +215,9 @@ class JournalWriter:
     def _record_unknown(self, key: str, state: str, *times: Any) -> None:
         """A task this journal holds no row of (killed, then it finished after all)."""
         known = self._final.pop(key, None)
-        if known is not None:
-            self._final[key] = (key, known[1], state, known[3], *times, None, known[9])
+        if known is not None:  # a failure told before its unit's record keeps its error
+            error = known[8] if state == FAILED else None
+            self._final[key] = (key, known[1], state, known[3], *times, error, known[9])
         else:
             self._partial[key] = (key, _name_of(key), state, None, *times, None, 0)
 
@@ -223,7 +231,7 @@ class JournalWriter:
             if (row := live.get(key)) is not None
         ]
         self._changed.clear()
-        if not (changed or self._final or self._partial):
+        if not (changed or self._final or self._partial or self._inputs):
             return
         connection = self._connect()
         connection.execute("BEGIN")
@@ -231,9 +239,12 @@ class JournalWriter:
         connection.executemany(statements[0], self._final.values())
         connection.executemany(statements[1], self._partial.values())
         connection.executemany(statements[2], changed)
+        if self._inputs:
+            connection.executemany(_SET_INPUTS, [(v, k) for k, v in self._inputs.items()])
         connection.execute("COMMIT")
         self._final.clear()
         self._partial.clear()
+        self._inputs.clear()
 
     def _connect(self) -> sqlite3.Connection:
         if self._connection is None:

@@ -23,7 +23,11 @@ logger = logging.getLogger("orchestrix")
 @dataclass(frozen=True)
 class TaskEvent:
     """A task ended: ``state`` is ``TaskState.DONE`` or ``TaskState.FAILED`` (then ``error``
-    says why); a state equals its text, ``"DONE"`` or ``"FAILED"``."""
+    says why, and ``inputs`` what the task was called on, in one line: ``load(i=3)``); a state
+    equals its text, ``"DONE"`` or ``"FAILED"``.
+
+    ``inputs`` is None for a task done: describing every task's arguments would cost each of a
+    million tasks its microseconds, and a dask worker reports a task done by its key alone."""
 
     key: str
     name: str
@@ -33,6 +37,7 @@ class TaskEvent:
     ended: float | None = None
     peak_rss_mb: float | None = None
     error: str | None = None
+    inputs: str | None = None
 
     @property
     def wall_seconds(self) -> float | None:
@@ -80,7 +85,12 @@ class CallbackConsumer(EventThread):
     def _failed(self, failure: FailureRecord) -> None:
         self._call(
             TaskEvent(
-                failure.key, failure.name, TaskState.FAILED, failure.worker, error=failure.error
+                failure.key,
+                failure.name,
+                TaskState.FAILED,
+                failure.worker,
+                error=failure.error,
+                inputs=failure.inputs,
             )
         )
 

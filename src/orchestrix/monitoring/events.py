@@ -13,8 +13,8 @@ consumers dispatch on its type:
   (epoch seconds);
 - :class:`Recorded` ``(worker, peak_rss_mb, runs)``: units ran (see
   ``Monitor.record_units``), a :class:`UnitRun` each;
-- :class:`FailureRecord` ``(key, name, worker, error, traceback)``: a task failed, the
-  caller is told;
+- :class:`FailureRecord` ``(key, name, worker, error, traceback, inputs)``: a task failed,
+  the caller is told (``inputs``: the failed call in one line);
 - :class:`Retried` ``(unit)``: a unit goes back to the queue after its worker died;
 - :class:`Stopped` ``(units)``: the run stopped (an error, Ctrl-C, closing) while these
   could run;

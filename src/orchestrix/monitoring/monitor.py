@@ -193,8 +193,11 @@ class Monitor:
                                peak_rss_mb, ok or index < last))  # fmt: skip
             started += wall
 
-    def note_failure(self, failure: Failure, worker: str | None = None) -> None:
-        """Record a failure the caller is told of (a task that raised, crashed, timed out)."""
+    def note_failure(
+        self, failure: Failure, worker: str | None = None, inputs: str | None = None
+    ) -> None:
+        """Record a failure the caller is told of (a task that raised, crashed, timed out);
+        ``inputs``: the failed call, in one line."""
         error, text = recorded(failure)
         if text is None and error.__traceback__ is not None:
             text = "".join(traceback.format_exception(error))
@@ -204,6 +207,7 @@ class Monitor:
             worker=worker,
             error=f"{type(error).__name__}: {error}",
             traceback=text,
+            inputs=inputs,
         )
         self.failures.append(entry)
         for consumer in self.consumers:

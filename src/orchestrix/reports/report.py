@@ -244,12 +244,13 @@ def _failures(failures: list[Mapping[str, Any]]) -> str:
             _esc(failure.get("name", "?")),
             f"<code>{_esc(failure.get('key', '?'))}</code>",
             _esc(failure.get("worker") or DASH),
+            f"<code>{_esc(failure.get('inputs') or DASH)}</code>",
             f"<code>{_esc(failure.get('error', ''))}</code>",
             f"<details><summary>traceback</summary><pre>{_esc(trace)}</pre></details>"
             if trace
             else DASH,
         )
         rows.append([f"<td>{cell}</td>" for cell in cells])  # cells already escaped
-    table = _table(["task name", "key", "worker", "error", "traceback"], rows)
+    table = _table(["task name", "key", "worker", "call", "error", "traceback"], rows)
     rest = len(failures) - MAX_FAILURE_ROWS
     return table + (f'<p class="note">{rest:,} more failures not shown.</p>' if rest > 0 else "")
