@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, overload
 
+from ..errors import OrchestratorInTaskError
+from .signature import SignatureCheck
 from .tokenize import FunctionToken, tokenize
 
 __all__ = [
@@ -154,11 +156,16 @@ class TaskFunction:
         self.pure = pure
         # The function is hashed once, and again only when it has been rebound (see FunctionToken).
         self._func_token = FunctionToken(func)
+        self.signature_check = SignatureCheck(func, self.name)  # read once: a call only binds
         functools.update_wrapper(self, func)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.signature_check.check(args, kwargs)  # here, not in a worker hours later
         # An impure task gets a fresh token per call, so two calls are never merged into one node.
-        token = tokenize(self._func_token(), args, kwargs) if self.pure else uuid.uuid4().hex
+        try:
+            token = tokenize(self._func_token(), args, kwargs) if self.pure else uuid.uuid4().hex
+        except OrchestratorInTaskError as exc:
+            raise OrchestratorInTaskError(f"task {self.name!r}: {exc}") from None
         node = TaskNode(self.func, self.name, args, kwargs, self.nout, token)
         if self.nout == 1:
             return Delayed(node)
