@@ -8,14 +8,16 @@ topological order. This module is pure: it knows nothing of configuration or bac
 from __future__ import annotations
 
 import functools
+import sys
 import uuid
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, overload
 
-from ..errors import OrchestratorInTaskError
+from ..errors import LargeArgumentWarning, OrchestratorInTaskError
 from .signature import SignatureCheck
-from .tokenize import FunctionToken, tokenize
+from .tokenize import LARGE_ARGUMENT_BYTES, FunctionToken, tokenize_sized
 
 __all__ = [
     "Delayed",
@@ -161,11 +163,15 @@ class TaskFunction:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.signature_check.check(args, kwargs)  # here, not in a worker hours later
-        # An impure task gets a fresh token per call, so two calls are never merged into one node.
         try:
-            token = tokenize(self._func_token(), args, kwargs) if self.pure else uuid.uuid4().hex
+            if self.pure:
+                token, largest = tokenize_sized(self._func_token(), args, kwargs)
+            else:  # a fresh token per call, so two calls are never merged into one node
+                token, largest = uuid.uuid4().hex, _largest_buffer((args, kwargs))
         except OrchestratorInTaskError as exc:
             raise OrchestratorInTaskError(f"task {self.name!r}: {exc}") from None
+        if largest >= LARGE_ARGUMENT_BYTES:
+            _warn_large(self.name, largest)
         node = TaskNode(self.func, self.name, args, kwargs, self.nout, token)
         if self.nout == 1:
             return Delayed(node)
@@ -179,8 +185,102 @@ class TaskFunction:
         return (self.func, self.nout, self.name, self.pure)
 
 
+#: names of the tasks warned of a large argument: a loop of calls warns once, not per call
+_WARNED_LARGE: set[str] = set()
+
+
+def _warn_large(name: str, size: int) -> None:
+    if name in _WARNED_LARGE:
+        return
+    _WARNED_LARGE.add(name)
+    warnings.warn(
+        f"task {name!r} was called with an argument of {size / 1e6:,.0f} MB: an argument is "
+        "hashed for the task's key at every call (a read-only array only once) and pickled to "
+        "the worker of every call; pass the path of a .npy file and open it in the task "
+        "(np.load(path, mmap_mode='r') reads only what the task touches), pass a read-only "
+        "memory map (named by its file, not hashed), or use Orchestrator.map_tiles (each task "
+        "reads only its window)",
+        LargeArgumentWarning,
+        stacklevel=3,  # the line that called the task
+    )
+
+
+def _largest_buffer(values: Any) -> int:
+    """Bytes of the largest array or bytes object in ``values`` (an impure task's arguments and
+    the items of lists, tuples and dicts among them: they are not tokenized, which measures)."""
+    largest, level = 0, [values]
+    for _ in range(4):  # values, (args, kwargs), each argument, the items of one
+        inner: list[Any] = []
+        for value in level:
+            if type(value) in (list, tuple):
+                inner.extend(value)
+            elif type(value) is dict:
+                inner.extend(value.values())
+            elif isinstance(value, (bytes, bytearray)):
+                largest = max(largest, len(value))
+            else:
+                largest = max(largest, _array_bytes(value))
+        level = inner
+    return largest
+
+
+def _array_bytes(value: Any) -> int:
+    numpy = sys.modules.get("numpy")
+    if numpy is None or not isinstance(value, numpy.ndarray) or isinstance(value, numpy.memmap):
+        return 0
+    return int(value.nbytes)
+
+
 @overload
 def task(func: Callable[..., Any], /) -> TaskFunction: ...
+
+
+#: names of the tasks warned of a large argument: a loop of calls warns once, not per call
+_WARNED_LARGE: set[str] = set()
+
+
+def _warn_large(name: str, size: int) -> None:
+    if name in _WARNED_LARGE:
+        return
+    _WARNED_LARGE.add(name)
+    warnings.warn(
+        f"task {name!r} was called with an argument of {size / 1e6:,.0f} MB: an argument is "
+        "hashed for the task's key at every call (a read-only array only once) and pickled to "
+        "the worker of every call; pass the path of a .npy file and open it in the task "
+        "(np.load(path, mmap_mode='r') reads only what the task touches), pass a read-only "
+        "memory map (named by its file, not hashed), or use Orchestrator.map_tiles (each task "
+        "reads only its window)",
+        LargeArgumentWarning,
+        stacklevel=3,  # the line that called the task
+    )
+
+
+def _largest_buffer(values: Any) -> int:
+    """Bytes of the largest array or bytes object in ``values`` (an impure task's arguments and
+    the items of lists, tuples and dicts among them: they are not tokenized, which measures)."""
+    largest, level = 0, [values]
+    for _ in range(4):  # values, (args, kwargs), each argument, the items of one
+        inner: list[Any] = []
+        for value in level:
+            if type(value) in (list, tuple):
+                inner.extend(value)
+            elif type(value) is dict:
+                inner.extend(value.values())
+            elif isinstance(value, (bytes, bytearray)):
+                largest = max(largest, len(value))
+            else:
+                largest = max(largest, _array_bytes(value))
+        level = inner
+    return largest
+
+
+def _array_bytes(value: Any) -> int:
+    numpy = sys.modules.get("numpy")
+    if numpy is None or not isinstance(value, numpy.ndarray) or isinstance(value, numpy.memmap):
+        return 0
+    return int(value.nbytes)
+
+
 @overload
 def task(
     *, nout: int = 1, name: str | None = None, pure: bool = True
