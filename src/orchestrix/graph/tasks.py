@@ -233,54 +233,6 @@ def _array_bytes(value: Any) -> int:
 
 @overload
 def task(func: Callable[..., Any], /) -> TaskFunction: ...
-
-
-#: names of the tasks warned of a large argument: a loop of calls warns once, not per call
-_WARNED_LARGE: set[str] = set()
-
-
-def _warn_large(name: str, size: int) -> None:
-    if name in _WARNED_LARGE:
-        return
-    _WARNED_LARGE.add(name)
-    warnings.warn(
-        f"task {name!r} was called with an argument of {size / 1e6:,.0f} MB: an argument is "
-        "hashed for the task's key at every call (a read-only array only once) and pickled to "
-        "the worker of every call; pass the path of a .npy file and open it in the task "
-        "(np.load(path, mmap_mode='r') reads only what the task touches), pass a read-only "
-        "memory map (named by its file, not hashed), or use Orchestrator.map_tiles (each task "
-        "reads only its window)",
-        LargeArgumentWarning,
-        stacklevel=3,  # the line that called the task
-    )
-
-
-def _largest_buffer(values: Any) -> int:
-    """Bytes of the largest array or bytes object in ``values`` (an impure task's arguments and
-    the items of lists, tuples and dicts among them: they are not tokenized, which measures)."""
-    largest, level = 0, [values]
-    for _ in range(4):  # values, (args, kwargs), each argument, the items of one
-        inner: list[Any] = []
-        for value in level:
-            if type(value) in (list, tuple):
-                inner.extend(value)
-            elif type(value) is dict:
-                inner.extend(value.values())
-            elif isinstance(value, (bytes, bytearray)):
-                largest = max(largest, len(value))
-            else:
-                largest = max(largest, _array_bytes(value))
-        level = inner
-    return largest
-
-
-def _array_bytes(value: Any) -> int:
-    numpy = sys.modules.get("numpy")
-    if numpy is None or not isinstance(value, numpy.ndarray) or isinstance(value, numpy.memmap):
-        return 0
-    return int(value.nbytes)
-
-
 @overload
 def task(
     *, nout: int = 1, name: str | None = None, pure: bool = True
