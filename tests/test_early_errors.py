@@ -218,6 +218,26 @@ def test_a_submitted_call_holding_the_orchestrator_is_refused_at_submit(orch):
     assert orch.summary().tasks_done == orch.summary().tasks_failed == 0
 
 
+class _Holder:
+    orch = "not the orchestrator"
+
+
+def _reads_attribute(holder):
+    return holder.orch  # an attribute named like the module's global below, not the global
+
+
+def test_a_global_orchestrator_refuses_the_functions_that_read_it_only(orch, oracle):
+    module = globals()
+    module["orch"] = oracle  # a script's ``orch = ox.Orchestrator(...)`` at module level
+    try:
+        assert within(60, lambda: orch.submit(_reads_attribute, _Holder).result()) == _Holder.orch
+        reads_global = eval("lambda: orch.config", module)  # a lambda of a script
+        with pytest.raises(ox.OrchestratorInTaskError, match="cannot use the Orchestrator"):
+            orch.submit(reads_global)
+    finally:
+        del module["orch"]
+
+
 def test_the_orchestrator_cannot_be_pickled_or_tokenized():
     with ox.Orchestrator(mode="sequential") as orch:
         with pytest.raises(ox.OrchestratorInTaskError, match="cannot use the Orchestrator"):

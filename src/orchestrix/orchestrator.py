@@ -9,6 +9,7 @@ registered per instance, never at import).
 from __future__ import annotations
 
 import concurrent.futures
+import dis
 import functools
 import itertools
 import os
@@ -428,7 +429,7 @@ def _refuse_orchestrator(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any])
     near.append(getattr(fn, "__self__", None))
     code, module = getattr(fn, "__code__", None), getattr(fn, "__globals__", None)
     if code is not None and module is not None:  # ``lambda: orch.compute(...)`` in a script
-        near += [module.get(name) for name in code.co_names]
+        near += _globals_read(code, module)
     for cell in getattr(fn, "__closure__", None) or ():
         try:
             near.append(cell.cell_contents)
@@ -437,6 +438,18 @@ def _refuse_orchestrator(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any])
     if any(isinstance(item, Orchestrator) for item in near):
         name = function_name(fn)
         raise OrchestratorInTaskError(f"task {name!r}: {ORCHESTRATOR_IN_TASK}")
+
+
+def _globals_read(code: Any, module: dict[str, Any]) -> list[Any]:
+    """The Orchestrators among the globals that ``code`` reads. ``co_names`` holds attribute
+    names too (``obj.orch``): a name found there is confirmed by the instructions, which are
+    read only then (the common call names no orchestrator)."""
+    names = {name for name in code.co_names if isinstance(module.get(name), Orchestrator)}
+    if not names:
+        return []
+    loads = {"LOAD_GLOBAL", "LOAD_NAME"}
+    read = {i.argval for i in dis.get_instructions(code) if i.opname in loads} & names
+    return [module[name] for name in read]
 
 
 def _completed(
