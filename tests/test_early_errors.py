@@ -287,6 +287,18 @@ def test_a_large_argument_is_warned_of_once_per_task_name():
     assert large[0].filename == __file__  # points at the line that called the task
 
 
+def test_a_large_argument_of_a_submitted_call_is_warned_of_once(orch):
+    big = _large()
+    name = f"submitted-{uuid.uuid4().hex}"  # a name of its own: warned once per name
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        futures = [orch.submit(ox.task(len, name=name), big) for _ in range(2)]
+        assert within(60, lambda: [f.result() for f in futures]) == [big.size] * 2
+    large = [w for w in caught if issubclass(w.category, ox.LargeArgumentWarning)]
+    assert len(large) == 1 and name in str(large[0].message)
+    assert large[0].filename == __file__
+
+
 def test_small_arguments_and_memory_maps_named_by_file_are_not_warned_of(tmp_path):
     path = tmp_path / "big.npy"
     np.lib.format.open_memmap(path, "w+", np.float64, (LARGE // 8 + 1,)).flush()

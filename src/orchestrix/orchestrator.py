@@ -37,6 +37,7 @@ from .graph.tasks import (
     find_delayed,
     function_name,
     map_nested,
+    warn_large_arguments,
 )
 from .monitoring.callbacks import TaskEvent
 from .monitoring.monitor import RunSummary
@@ -157,6 +158,7 @@ class Orchestrator(Executor):
         Arguments that do not fit ``fn``'s signature raise TypeError here, not in the future.
         """
         _signature_check(fn).check(args, kwargs)
+        warn_large_arguments(_call_name(fn), args, kwargs)
         return self._submit_call(fn, args, kwargs)[0]
 
     def map(
@@ -408,6 +410,10 @@ class Orchestrator(Executor):
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError(REFUSED_AFTER_CLOSE)
+
+
+def _call_name(fn: Callable[..., Any]) -> str:
+    return fn.name if isinstance(fn, TaskFunction) else function_name(fn)
 
 
 def _signature_check(fn: Callable[..., Any]) -> SignatureCheck:

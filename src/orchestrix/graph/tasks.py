@@ -171,7 +171,7 @@ class TaskFunction:
         except OrchestratorInTaskError as exc:
             raise OrchestratorInTaskError(f"task {self.name!r}: {exc}") from None
         if largest >= LARGE_ARGUMENT_BYTES:
-            _warn_large(self.name, largest)
+            warn_large(self.name, largest, stacklevel=2)  # the line that called the task
         node = TaskNode(self.func, self.name, args, kwargs, self.nout, token)
         if self.nout == 1:
             return Delayed(node)
@@ -189,25 +189,35 @@ class TaskFunction:
 _WARNED_LARGE: set[str] = set()
 
 
-def _warn_large(name: str, size: int) -> None:
+def warn_large_arguments(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Warn of an argument of about 100 MB or more among a submitted call's (pickled to its
+    worker at every call), once per task name; the warning points at the caller's caller."""
+    largest = _largest_buffer((args, kwargs))
+    if largest >= LARGE_ARGUMENT_BYTES:
+        warn_large(name, largest, stacklevel=3)
+
+
+def warn_large(name: str, size: int, stacklevel: int) -> None:
+    """Warn that task ``name`` was given an argument of ``size`` bytes, unless warned before
+    (``stacklevel`` counts from the caller of this function)."""
     if name in _WARNED_LARGE:
         return
     _WARNED_LARGE.add(name)
     warnings.warn(
-        f"task {name!r} was called with an argument of {size / 1e6:,.0f} MB: an argument is "
-        "hashed for the task's key at every call (a read-only array only once) and pickled to "
-        "the worker of every call; pass the path of a .npy file and open it in the task "
-        "(np.load(path, mmap_mode='r') reads only what the task touches), pass a read-only "
-        "memory map (named by its file, not hashed), or use Orchestrator.map_tiles (each task "
-        "reads only its window)",
+        f"task {name!r} was called with an argument of {size / 1e6:,.0f} MB: such an argument "
+        "is pickled to the worker of every call (in the worker modes) and, given to a task, "
+        "hashed for its key at every call (a read-only array only once); pass the path of a "
+        ".npy file and open it in the task (np.load(path, mmap_mode='r') reads only what the "
+        "task touches), pass a read-only memory map (named by its file, not hashed), or use "
+        "Orchestrator.map_tiles (each task reads only its window)",
         LargeArgumentWarning,
-        stacklevel=3,  # the line that called the task
+        stacklevel=stacklevel + 1,
     )
 
 
 def _largest_buffer(values: Any) -> int:
-    """Bytes of the largest array or bytes object in ``values`` (an impure task's arguments and
-    the items of lists, tuples and dicts among them: they are not tokenized, which measures)."""
+    """Bytes of the largest array or bytes object in ``values`` (arguments not tokenized, which
+    would measure them, and the items of the lists, tuples and dicts among them)."""
     largest, level = 0, [values]
     for _ in range(4):  # values, (args, kwargs), each argument, the items of one
         inner: list[Any] = []
