@@ -9,11 +9,12 @@ import orchestrix as ox
 
 PUBLIC = {
     "ArraySink", "AutoConfig", "CanaryError", "Config", "ConfigError", "Delayed",
-    "DiskFullError", "LocalDaskConfig", "MultiprocessingConfig", "NameStats", "NoWorkerError",
-    "Orchestrator", "OrchestrixError", "PbsDaskConfig", "ProfilingConfig", "RemoteTraceback",
-    "RunSummary", "SequentialConfig", "SlurmDaskConfig", "StallError", "TaskError",
-    "TaskEvent", "TaskFunction", "TaskTimeoutError", "Tile", "UpstreamTaskError",
-    "WorkerCrashedError", "WorkerMemoryError", "__version__", "task", "tiles", "tokenize",
+    "DiskFullError", "LargeArgumentWarning", "LocalDaskConfig", "MultiprocessingConfig",
+    "NameStats", "NoWorkerError", "Orchestrator", "OrchestratorInTaskError", "OrchestrixError",
+    "PbsDaskConfig", "ProfilingConfig", "RemoteTraceback", "RunSummary", "SequentialConfig",
+    "SlurmDaskConfig", "StallError", "TaskError", "TaskEvent", "TaskFunction",
+    "TaskTimeoutError", "Tile", "UpstreamTaskError", "WorkerCrashedError", "WorkerMemoryError",
+    "__version__", "task", "tiles", "tokenize",
 }  # fmt: skip
 
 

@@ -142,6 +142,29 @@ class NoWorkerError(TaskError):
     of the job logs."""
 
 
+class OrchestratorInTaskError(OrchestrixError, TypeError):
+    """A task's function or argument holds the Orchestrator, which cannot go to a worker.
+
+    Raised when such a task is called (its key is computed), submitted, or sent to a worker:
+    the same error in every mode, although the sequential mode could have run it."""
+
+
+ORCHESTRATOR_IN_TASK = (
+    "a task cannot use the Orchestrator (it is an argument of the task, or its function holds "
+    "it): the orchestrator lives in the caller's process, with its workers, files and locks, "
+    "and cannot be sent to a worker; pass the task the values it needs, and call compute, "
+    "submit or map from the caller"
+)
+"""The message of :class:`OrchestratorInTaskError`."""
+
+
+class LargeArgumentWarning(UserWarning):
+    """A task's argument is large (about 100 MB or more) and is hashed or pickled at each call.
+
+    Warned once per task name. A ``.npy`` path, a read-only memory map (named by its file, not
+    hashed) or ``map_tiles`` (each task reads its window only) avoid the cost."""
+
+
 REFUSED_AFTER_CLOSE = "cannot schedule new work after the orchestrator was closed"
 """The RuntimeError's text for a call made after close (as concurrent.futures refuses one)."""
 

@@ -9,6 +9,7 @@ registered per instance, never at import).
 from __future__ import annotations
 
 import concurrent.futures
+import dis
 import functools
 import itertools
 import os
@@ -24,9 +25,10 @@ from .config import Config, load_config_file, parse_config
 from .engine.futures import CallbackThread, CallFuture
 from .engine.mapping import BatchSizer, OrderedMap, call_batch, failed_call, tasks_in_flight
 from .engine.scheduler import reported_error
-from .errors import REFUSED_AFTER_CLOSE
+from .errors import ORCHESTRATOR_IN_TASK, REFUSED_AFTER_CLOSE, OrchestratorInTaskError
 from .graph.factorize import WorkUnit
 from .graph.inputs import describe_call
+from .graph.signature import SignatureCheck
 from .graph.targets import Completion, check_targets
 from .graph.tasks import (
     Delayed,
@@ -36,6 +38,7 @@ from .graph.tasks import (
     find_delayed,
     function_name,
     map_nested,
+    warn_large_arguments,
 )
 from .monitoring.callbacks import TaskEvent
 from .monitoring.monitor import RunSummary
@@ -153,7 +156,10 @@ class Orchestrator(Executor):
         """Run ``fn(*args, **kwargs)`` in a worker; return a ``concurrent.futures.Future``.
 
         Delayed objects among the arguments are computed first (this call then waits for them).
+        Arguments that do not fit ``fn``'s signature raise TypeError here, not in the future.
         """
+        _signature_check(fn).check(args, kwargs)
+        warn_large_arguments(_call_name(fn), args, kwargs)
         return self._submit_call(fn, args, kwargs)[0]
 
     def map(
@@ -180,6 +186,8 @@ class Orchestrator(Executor):
         deadline = None if timeout is None else time.monotonic() + timeout
         bar = self._progress_bar(progress, _shortest(iterables), "map", "item")
         name = fn.name if isinstance(fn, TaskFunction) else function_name(fn)
+        if iterables:  # every call gets one argument per iterable: one check covers them all
+            _signature_check(fn).check((None,) * len(iterables), {})
         if isinstance(fn, TaskFunction):  # a task mapped directly runs its function
             fn = fn.func
         plain = chunksize == 1
@@ -288,6 +296,15 @@ class Orchestrator(Executor):
         state = "closed" if self._closed else "open"
         return f"<Orchestrator mode={self.config.mode!r} {state}>"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # What pickle would otherwise say is "cannot pickle '_thread.lock' object".
+        raise OrchestratorInTaskError(ORCHESTRATOR_IN_TASK)
+
+    def __orchestrix_token__(self) -> Any:
+        # A task's argument or closure is tokenized when it is called: refused there, in every
+        # mode, before the sequential mode could run what no other mode can.
+        raise OrchestratorInTaskError(ORCHESTRATOR_IN_TASK)
+
     @property
     def dashboard_link(self) -> str | None:
         """The dask dashboard's URL (dask modes with ``activate_dashboard``), else None."""
@@ -323,6 +340,7 @@ class Orchestrator(Executor):
         name: str | None,
     ) -> tuple[CallFuture, int]:
         self._check_open()
+        _refuse_orchestrator(fn, args, kwargs)
         if contains_delayed(args) or contains_delayed(kwargs):
             args, kwargs = self.compute((args, kwargs))
         if isinstance(fn, TaskFunction):  # a task submitted directly runs its function
@@ -396,6 +414,52 @@ class Orchestrator(Executor):
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError(REFUSED_AFTER_CLOSE)
+
+
+def _call_name(fn: Callable[..., Any]) -> str:
+    return fn.name if isinstance(fn, TaskFunction) else function_name(fn)
+
+
+def _signature_check(fn: Callable[..., Any]) -> SignatureCheck:
+    if isinstance(fn, TaskFunction):
+        return fn.signature_check  # read when the task was made
+    return SignatureCheck(fn, function_name(fn))
+
+
+def _refuse_orchestrator(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Refuse a call whose function or arguments hold an Orchestrator, looking one level deep
+    (the function's closure, and the globals its code names): the sequential mode would run it,
+    the others could not send it (deeper ones are refused by pickle there, see ``__reduce__``).
+    Submitted calls are not tokenized, which would look at every depth but hash every
+    argument."""
+    near = [fn, *args, *kwargs.values()]
+    if isinstance(fn, functools.partial):
+        near += [fn.func, *fn.args, *fn.keywords.values()]
+        fn = fn.func
+    near.append(getattr(fn, "__self__", None))
+    code, module = getattr(fn, "__code__", None), getattr(fn, "__globals__", None)
+    if code is not None and module is not None:  # ``lambda: orch.compute(...)`` in a script
+        near += _globals_read(code, module)
+    for cell in getattr(fn, "__closure__", None) or ():
+        try:
+            near.append(cell.cell_contents)
+        except ValueError:  # an empty cell
+            continue
+    if any(isinstance(item, Orchestrator) for item in near):
+        name = function_name(fn)
+        raise OrchestratorInTaskError(f"task {name!r}: {ORCHESTRATOR_IN_TASK}")
+
+
+def _globals_read(code: Any, module: dict[str, Any]) -> list[Any]:
+    """The Orchestrators among the globals that ``code`` reads. ``co_names`` holds attribute
+    names too (``obj.orch``): a name found there is confirmed by the instructions, which are
+    read only then (the common call names no orchestrator)."""
+    names = {name for name in code.co_names if isinstance(module.get(name), Orchestrator)}
+    if not names:
+        return []
+    loads = {"LOAD_GLOBAL", "LOAD_NAME"}
+    read = {i.argval for i in dis.get_instructions(code) if i.opname in loads} & names
+    return [module[name] for name in read]
 
 
 def _completed(

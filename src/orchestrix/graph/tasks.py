@@ -8,12 +8,16 @@ topological order. This module is pure: it knows nothing of configuration or bac
 from __future__ import annotations
 
 import functools
+import sys
 import uuid
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, overload
 
-from .tokenize import FunctionToken, tokenize
+from ..errors import LargeArgumentWarning, OrchestratorInTaskError
+from .signature import SignatureCheck
+from .tokenize import LARGE_ARGUMENT_BYTES, FunctionToken, tokenize_sized
 
 __all__ = [
     "Delayed",
@@ -154,11 +158,20 @@ class TaskFunction:
         self.pure = pure
         # The function is hashed once, and again only when it has been rebound (see FunctionToken).
         self._func_token = FunctionToken(func)
+        self.signature_check = SignatureCheck(func, self.name)  # read once: a call only binds
         functools.update_wrapper(self, func)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        # An impure task gets a fresh token per call, so two calls are never merged into one node.
-        token = tokenize(self._func_token(), args, kwargs) if self.pure else uuid.uuid4().hex
+        self.signature_check.check(args, kwargs)  # here, not in a worker hours later
+        try:
+            if self.pure:
+                token, largest = tokenize_sized(self._func_token(), args, kwargs)
+            else:  # a fresh token per call, so two calls are never merged into one node
+                token, largest = uuid.uuid4().hex, _largest_buffer((args, kwargs))
+        except OrchestratorInTaskError as exc:
+            raise OrchestratorInTaskError(f"task {self.name!r}: {exc}") from None
+        if largest >= LARGE_ARGUMENT_BYTES:
+            warn_large(self.name, largest, stacklevel=2)  # the line that called the task
         node = TaskNode(self.func, self.name, args, kwargs, self.nout, token)
         if self.nout == 1:
             return Delayed(node)
@@ -170,6 +183,62 @@ class TaskFunction:
     def __orchestrix_token__(self) -> tuple[Any, ...]:
         # A task passed as an argument: what it would do, not its cached state
         return (self.func, self.nout, self.name, self.pure)
+
+
+#: names of the tasks warned of a large argument: a loop of calls warns once, not per call
+_WARNED_LARGE: set[str] = set()
+
+
+def warn_large_arguments(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Warn of an argument of about 100 MB or more among a submitted call's (pickled to its
+    worker at every call), once per task name; the warning points at the caller's caller."""
+    largest = _largest_buffer((args, kwargs))
+    if largest >= LARGE_ARGUMENT_BYTES:
+        warn_large(name, largest, stacklevel=3)
+
+
+def warn_large(name: str, size: int, stacklevel: int) -> None:
+    """Warn that task ``name`` was given an argument of ``size`` bytes, unless warned before
+    (``stacklevel`` counts from the caller of this function)."""
+    if name in _WARNED_LARGE:
+        return
+    _WARNED_LARGE.add(name)
+    warnings.warn(
+        f"task {name!r} was called with an argument of {size / 1e6:,.0f} MB: such an argument "
+        "is pickled to the worker of every call (in the worker modes) and, given to a task, "
+        "hashed for its key at every call (a read-only array only once); pass the path of a "
+        ".npy file and open it in the task (np.load(path, mmap_mode='r') reads only what the "
+        "task touches), pass a read-only memory map (named by its file, not hashed), or use "
+        "Orchestrator.map_tiles (each task reads only its window)",
+        LargeArgumentWarning,
+        stacklevel=stacklevel + 1,
+    )
+
+
+def _largest_buffer(values: Any) -> int:
+    """Bytes of the largest array or bytes object in ``values`` (arguments not tokenized, which
+    would measure them, and the items of the lists, tuples and dicts among them)."""
+    largest, level = 0, [values]
+    for _ in range(4):  # values, (args, kwargs), each argument, the items of one
+        inner: list[Any] = []
+        for value in level:
+            if type(value) in (list, tuple):
+                inner.extend(value)
+            elif type(value) is dict:
+                inner.extend(value.values())
+            elif isinstance(value, (bytes, bytearray)):
+                largest = max(largest, len(value))
+            else:
+                largest = max(largest, _array_bytes(value))
+        level = inner
+    return largest
+
+
+def _array_bytes(value: Any) -> int:
+    numpy = sys.modules.get("numpy")
+    if numpy is None or not isinstance(value, numpy.ndarray) or isinstance(value, numpy.memmap):
+        return 0
+    return int(value.nbytes)
 
 
 @overload

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from .mapped import mapped_file
+from .signature import SignatureCheck
 from .tasks import Delayed, TaskFunction, function_name
 from .tokenize import stable_name
 
@@ -201,13 +202,53 @@ def plan_tiles(
     Creates ``out``'s file when it is an :class:`ArraySink`."""
     data, shape = source_of(source)
     grid = tiles(shape, tile_shape, margin)
+    _check_takes_a_window(func)
     sink = out if isinstance(out, ArraySink) else None
+    if out is not None:
+        check_out(out, shape)  # before the sink's file is made and any task runs
     if sink is not None:
         sink.create()
     tile_task = TaskFunction(run_tile, name=f"{function_name(func)}[tile]")
     by_file = isinstance(data, Source)
     targets = [tile_task(func, data if by_file else data[t.grown], t, sink) for t in grid]
     return TilePlan(targets, grid, sink, shape)
+
+
+def check_out(out: Any, shape: tuple[int, ...]) -> None:
+    """Refuse an ``out`` (array or sink) that the tiles of a source of ``shape`` cannot fill.
+
+    Its first axes must be the source's (trailing ones, such as bands, are the function's to
+    choose). Its dtype cannot be checked against outputs not yet made; a sink's must be one that
+    a ``.npy`` memory map can hold. (An output is cast to the sink's dtype as numpy assigns: a
+    float into an int sink is truncated. :func:`run_tile` does not check it: its bytecode is in
+    every tile key, and changing it would make resumed runs redo every tile.)"""
+    import numpy
+
+    what = "ArraySink" if isinstance(out, ArraySink) else "out array"
+    out_shape = getattr(out, "shape", None)  # anything that takes slices may be written into
+    if out_shape is not None and tuple(out_shape)[: len(shape)] != shape:
+        raise ValueError(
+            f"map_tiles: the {what}'s shape {tuple(out_shape)} does not fit the source: expected "
+            f"{shape}, the source's (or that followed by trailing axes, such as bands)"
+        )
+    if not isinstance(out, ArraySink):
+        return
+    dtype = numpy.dtype(out.dtype)
+    if dtype.hasobject or dtype.itemsize == 0:
+        raise TypeError(
+            f"map_tiles: the ArraySink's dtype {dtype} cannot be held in a .npy memory map: "
+            "expected a fixed-size dtype without Python objects (numbers, booleans, fixed "
+            "strings)"
+        )
+
+
+def _check_takes_a_window(func: Callable[[Any], Any]) -> None:
+    try:
+        SignatureCheck(func, function_name(func)).check((None,), {})
+    except TypeError as exc:
+        raise TypeError(
+            f"map_tiles calls func with one argument, the tile's window: {exc}"
+        ) from None
 
 
 def _stamp(path: str) -> str:

@@ -20,6 +20,8 @@ Rules, and why:
 - Objects with no rule of their own are walked through ``__reduce_ex__`` (what pickle would store),
   so that a set or dict inside them is encoded canonically too. One that cannot be reduced gets a
   unique token: its task is never shared or resumed, never wrong.
+- An array of about 100 MB or more is written as the digest of its bytes, which is kept for the
+  next call only while nothing can write them (:mod:`~orchestrix.graph.arraytokens` says why).
 - A memory map is named by its file only while :func:`~orchestrix.graph.mapped.mapped_file`
   proves that the name still leads to the mapped, read-only bytes; otherwise by its bytes, like
   any array.
@@ -48,9 +50,9 @@ from collections.abc import Callable
 from operator import is_
 from typing import Any
 
-from .mapped import mapped_file
+from .arraytokens import LARGE_ARGUMENT_BYTES, dtype_text, feed_array
 
-__all__ = ["FunctionToken", "stable_name", "tokenize"]
+__all__ = ["LARGE_ARGUMENT_BYTES", "FunctionToken", "stable_name", "tokenize", "tokenize_sized"]
 
 #: objects walked through ``__reduce_ex__`` in one call before giving up (a reduction that makes
 #: new objects without end would otherwise never finish)
@@ -71,11 +73,16 @@ _CODE_DIGESTS: dict[int, tuple[Any, bytes]] = {}
 
 def tokenize(*args: Any, **kwargs: Any) -> str:
     """Return a 32-hex-digit token, equal for equal inputs in every process and run."""
+    return tokenize_sized(*args, **kwargs)[0]
+
+
+def tokenize_sized(*args: Any, **kwargs: Any) -> tuple[str, int]:
+    """The token, and the size in bytes of the largest array or bytes object among the values."""
     walker = _Walker()
     walker.walk(args)
     if kwargs:
         walker.walk(kwargs)
-    return walker.hexdigest()
+    return walker.hexdigest(), walker.largest
 
 
 class FunctionToken:
@@ -124,7 +131,16 @@ class _Step:
 class _Walker:
     """Walks values with an explicit stack and writes their canonical encoding into a hash."""
 
-    __slots__ = ("_floors", "_hashers", "_keep", "_reductions", "_scopes", "_stack", "_update")
+    __slots__ = (
+        "_floors",
+        "_hashers",
+        "_keep",
+        "_reductions",
+        "_scopes",
+        "_stack",
+        "_update",
+        "largest",
+    )
 
     def __init__(self) -> None:
         hasher = hashlib.md5(usedforsecurity=False)
@@ -137,6 +153,7 @@ class _Walker:
         self._floors = [0]
         self._keep: list[Any] = []  # keeps walked objects (temporaries too) alive: ids stay unique
         self._reductions = 0
+        self.largest = 0  # bytes of the largest buffer walked (for the large-argument warning)
 
     def hexdigest(self) -> str:
         return self._hashers[0].hexdigest()
@@ -344,36 +361,15 @@ def _feed_numpy(walker: _Walker, obj: Any, kind: type) -> bool:
     """Encode a numpy array, scalar or ufunc; False if ``obj`` is none of them."""
     numpy = sys.modules["numpy"]
     if kind is numpy.ndarray or kind is numpy.memmap:
-        _feed_array(walker, obj, numpy)
+        feed_array(walker, obj, numpy)
     elif isinstance(obj, numpy.generic):
-        walker.tag(b"npscalar", _dtype_text(obj.dtype))
+        walker.tag(b"npscalar", dtype_text(obj.dtype))
         walker._update(obj.tobytes())
     elif isinstance(obj, numpy.ufunc):
         walker.tag(b"ufunc", _qualified_name(obj))
     else:
         return False  # other ndarray subclasses (masked arrays...) carry more: reduced
     return True
-
-
-def _feed_array(walker: _Walker, array: Any, numpy: Any) -> None:
-    dtype = array.dtype
-    walker.tag(b"ndarray", f"{_dtype_text(dtype)}{array.shape}")
-    mapped = mapped_file(array) if type(array) is numpy.memmap else None
-    if mapped is not None:
-        # A memory map still backed by its file is named by it: hashing gigabytes would be slow.
-        walker.tag(b"memmap", f"{mapped.path}:{mapped.offset}:{mapped.stamp}:{array.strides}")
-    elif dtype.hasobject:
-        walker.push(array.tolist())
-    else:
-        data = numpy.ascontiguousarray(array)
-        try:
-            walker._update(memoryview(data).cast("B"))
-        except (TypeError, ValueError):  # dtypes with no buffer format: datetimes
-            walker._update(data.reshape(-1).view(numpy.uint8))
-
-
-def _dtype_text(dtype: Any) -> str:
-    return dtype.str if dtype.names is None else repr(dtype.descr)
 
 
 def _cell_value(cell: Any) -> Any:
@@ -423,6 +419,7 @@ def _feed_str(walker: _Walker, obj: Any) -> None:
 
 
 def _feed_bytes(walker: _Walker, obj: Any) -> None:
+    walker.largest = max(walker.largest, len(obj))
     walker._update(b"b:%d:" % len(obj))
     walker._update(obj)
 
