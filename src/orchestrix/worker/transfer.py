@@ -26,8 +26,8 @@ import sys
 import tempfile
 import types
 import weakref
-from collections.abc import Callable
-from typing import IO, Any
+from collections.abc import Callable, Mapping
+from typing import IO, Any, ClassVar
 
 import cloudpickle  # type: ignore[import-untyped]
 
@@ -83,16 +83,6 @@ def _dumps_by_value(obj: Any) -> bytes:
     return buffer.getvalue()
 
 
-class _ValuePickler(cloudpickle.Pickler):  # type: ignore[misc]
-    """cloudpickle, except that code keeps its file name. cloudpickle 3 names it
-    ``<dynamic-code>`` (for payloads that do not depend on where code was defined), so a worker's
-    traceback of a function of the caller's script would show no file and no source line."""
-
-    dispatch_table = collections.ChainMap(
-        {types.CodeType: lambda code: _reduce_code(code)}, cloudpickle.Pickler.dispatch_table
-    )
-
-
 def _reduce_code(code: types.CodeType) -> Any:
     # marshal is what .pyc files hold: the whole code object, its file name and line table
     # included. Workers run the caller's Python, as cloudpickle's code by value requires anyway.
@@ -100,6 +90,16 @@ def _reduce_code(code: types.CodeType) -> Any:
         return (marshal.loads, (marshal.dumps(code),))
     except ValueError:  # a code object built at run time with constants marshal refuses
         return cloudpickle.cloudpickle._code_reduce(code)
+
+
+class _ValuePickler(cloudpickle.Pickler):
+    """cloudpickle, except that code keeps its file name. cloudpickle 3 names it
+    ``<dynamic-code>`` (for payloads that do not depend on where code was defined), so a worker's
+    traceback of a function of the caller's script would show no file and no source line."""
+
+    dispatch_table: ClassVar[Mapping[type, Any]] = collections.ChainMap(
+        {types.CodeType: _reduce_code}, cloudpickle.Pickler.dispatch_table
+    )
 
 
 def _find_by_name(obj: Any) -> Any:
