@@ -235,7 +235,6 @@ def test_failures_is_pure():
 def test_what_a_backend_finds_keeps_its_exception_types_and_texts():
     exc = TypeError("no")
     found = [
-        (failures.unloadable_task("f"), RuntimeError, "the worker could not load task 'f'; its "),
         (failures.unimportable_task("f", exc), RuntimeError, "a worker could not load task 'f': "),
         (failures.unsendable_task("f", exc), pickle.PicklingError, "cannot be pickled: TypeError"),
         (failures.unreturnable_result("f", exc), pickle.PicklingError, "pickled to return it"),
@@ -247,6 +246,8 @@ def test_what_a_backend_finds_keeps_its_exception_types_and_texts():
         assert type(error) is kind and text in str(error), str(error)
     assert str(failures.unsendable_task("f", exc, "k")).endswith("TypeError: no (key k)")
     assert "PYTHONPATH" in str(failures.unimportable_task("f", exc))
+    missing = ModuleNotFoundError("No module named 'usermod'", name="usermod")
+    assert "module 'usermod' must be importable" in str(failures.unimportable_task("f", missing))
 
 
 # -- a task's error is also of the class the task raised ----------------------------------------

@@ -363,16 +363,14 @@ def map_item_error(
 # -- facts a backend finds: exceptions that stand for what kept a task from running or returning
 
 
-def unloadable_task(name: str) -> RuntimeError:
-    """A pool worker could not load the task (its traceback text goes with it)."""
-    return RuntimeError(f"the worker could not load task {name!r}; its traceback says why")
-
-
 def unimportable_task(name: str, exc: BaseException) -> RuntimeError:
-    """A dask worker could not load the task: its code is not importable there."""
+    """A worker could not load the task (unpickling it raised ``exc``), in every mode with
+    worker processes: most often a module that the caller imported and the workers cannot."""
+    module = exc.name if isinstance(exc, ImportError) else None
+    what = f"module {module!r}" if module else "its code"
     return RuntimeError(
-        f"a worker could not load task {name!r}: {_describe(exc)}; its "
-        "code must be importable on the workers (install it there or put it on PYTHONPATH)"
+        f"a worker could not load task {name!r}: {_describe(exc)}; {what} must be importable "
+        "on the workers (install it there or put its directory on PYTHONPATH)"
     )
 
 

@@ -13,9 +13,11 @@ pickling of the rest fails, the files already dumped for it are removed.
 
 from __future__ import annotations
 
+import collections
 import functools
 import io
 import itertools
+import marshal
 import os
 import pickle
 import re
@@ -24,8 +26,8 @@ import sys
 import tempfile
 import types
 import weakref
-from collections.abc import Callable
-from typing import IO, Any
+from collections.abc import Callable, Mapping
+from typing import IO, Any, ClassVar
 
 import cloudpickle  # type: ignore[import-untyped]
 
@@ -72,7 +74,32 @@ class _WorkPickler(pickle.Pickler):
         if isinstance(found, TaskFunction) and found.func is obj:
             # @ox.task put a TaskFunction under the function's name: name that, unwrap it there
             return (_load_task_function, (obj.__module__, obj.__qualname__))
-        return (_load_by_value, (cloudpickle.dumps(obj, protocol=5),))
+        return (_load_by_value, (_dumps_by_value(obj),))
+
+
+def _dumps_by_value(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    _ValuePickler(buffer, protocol=5).dump(obj)
+    return buffer.getvalue()
+
+
+def _reduce_code(code: types.CodeType) -> Any:
+    # marshal is what .pyc files hold: the whole code object, its file name and line table
+    # included. Workers run the caller's Python, as cloudpickle's code by value requires anyway.
+    try:
+        return (marshal.loads, (marshal.dumps(code),))
+    except ValueError:  # a code object built at run time with constants marshal refuses
+        return cloudpickle.cloudpickle._code_reduce(code)
+
+
+class _ValuePickler(cloudpickle.Pickler):
+    """cloudpickle, except that code keeps its file name. cloudpickle 3 names it
+    ``<dynamic-code>`` (for payloads that do not depend on where code was defined), so a worker's
+    traceback of a function of the caller's script would show no file and no source line."""
+
+    dispatch_table: ClassVar[Mapping[type, Any]] = collections.ChainMap(
+        {types.CodeType: _reduce_code}, cloudpickle.Pickler.dispatch_table
+    )
 
 
 def _find_by_name(obj: Any) -> Any:

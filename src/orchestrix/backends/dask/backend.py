@@ -32,6 +32,7 @@ from ...runcontext import in_this_run
 from ...worker.execute import UnitFailed, UnitOutcome
 from ...worker.transfer import dumps_work
 from ..base import Backend, Recorder, Sink, Started, worker_settings
+from .guard import check_main_guard
 from .tasks import (
     START_TOPIC,
     TASK_TOPIC,
@@ -118,6 +119,7 @@ class DaskBackend(Backend):
         """A LocalCluster of ``nb_workers`` processes listening on 127.0.0.1 only."""
         from distributed import LocalCluster
 
+        check_main_guard()  # before its workers re-run the script: one line, not hundreds
         return LocalCluster(
             n_workers=self.config.nb_workers,
             threads_per_worker=self.config.threads_per_worker,

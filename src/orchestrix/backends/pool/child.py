@@ -26,7 +26,7 @@ from typing import Any
 
 from ... import failures
 from ...errors import OrchestrixError
-from ...failures import Failure, TaskFailure, portable_failure
+from ...failures import Failure, TaskFailure, portable_exception, portable_failure
 from ...worker.execute import TaskCaller, UnitOutcome, run_unit
 from ...worker.observe import ProcessObserver, UsageMeter, WorkerSettings
 from ...worker.transfer import Dumper
@@ -36,6 +36,7 @@ from .protocol import (
     ResultWindow,
     RunBatch,
     StartFailed,
+    Unloadable,
     recv_message,
     send_message,
 )
@@ -155,10 +156,11 @@ class _Worker:
         self.counter.value += 1
         try:
             work = pickle.loads(payload)
-        except BaseException:  # noqa: BLE001 - e.g. a module that this process cannot import
+        except BaseException as exc:  # noqa: BLE001 - e.g. a module this process cannot import
             self.counter.value += len(job_ids) - 1
-            text = traceback.format_exc()
-            self.send([JobResult(i, JobStatus.UNLOADABLE, text, 0.0, [], None) for i in job_ids])
+            why = Unloadable(portable_exception(exc), traceback.format_exc())
+            data = pickle.dumps(why, protocol=pickle.HIGHEST_PROTOCOL)
+            self.send([JobResult(i, JobStatus.UNLOADABLE, data, 0.0, [], None) for i in job_ids])
             return
         results: list[JobResult] = []
         last_send = time.monotonic()

@@ -382,8 +382,8 @@ class MultiprocessingBackend(Backend):
                 failure.worker = worker
                 self._settle(job, UnitOutcome(unit, failure=failure))
                 return
-            error = failures.unloadable_task(unit.name)
-            self._settle_failure(job, TaskFailure(unit.key, unit.name, error, result.data))
+            unloadable = pickle.loads(result.data)  # a protocol.Unloadable
+            self._settle_failure(job, unloadable.failure(unit.key, unit.name))
         except BaseException as exc:  # noqa: BLE001 - e.g. a result whose class the caller lacks
             error = failures.unloadable_result(unit.name, exc)
             error.__cause__ = exc

@@ -20,6 +20,9 @@ import struct
 from collections import deque
 from typing import Any, NamedTuple
 
+from ... import failures
+from ...failures import TaskFailure
+
 __all__ = [
     "Channel",
     "JobResult",
@@ -28,6 +31,7 @@ __all__ = [
     "RunBatch",
     "StartFailed",
     "Stop",
+    "Unloadable",
     "BatchWork",
     "recv_message",
     "send_message",
@@ -46,8 +50,8 @@ class JobStatus(enum.IntEnum):
     #: a task of the unit raised; data is a pickled TaskFailure
     FAILED = 1
     #: the batch could not be unpickled in the worker (e.g. a module it cannot import); data is
-    #: the worker's traceback text. Distinct from FAILED: no task ran, and no exception object
-    #: could be made there
+    #: a pickled :class:`Unloadable`. Distinct from FAILED: no task ran, and the worker cannot
+    #: tell which task of the batch it could not load
     UNLOADABLE = 2
 
 
@@ -87,6 +91,19 @@ class JobResult(NamedTuple):
     started: float  # epoch seconds
     walls: list[float]  # one per task that ran, the failed one last
     growth_mb: list[float] | None  # loop testing only
+
+
+class Unloadable(NamedTuple):
+    """Why a worker could not unpickle a batch: what the unpickling raised (made portable) and
+    its traceback text. The parent names each task of the batch in the error, which says what
+    a dask worker says of a task it cannot load."""
+
+    exception: BaseException
+    traceback_text: str
+
+    def failure(self, key: str, name: str) -> TaskFailure:
+        error = failures.unimportable_task(name, self.exception)
+        return TaskFailure(key, name, error, self.traceback_text)
 
 
 class ResultWindow(NamedTuple):
