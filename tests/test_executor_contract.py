@@ -161,7 +161,9 @@ def test_compute_and_as_completed_timeouts_raise_the_builtin_timeout_error(orch)
         with pytest.raises(TimeoutError, match=r"2 \(of 3\) targets unfinished"):
             orch.compute([napping(0.3), napping(0.31), napping(0.32)], timeout=0.1)
         return
-    with pytest.raises(TimeoutError, match=r"1 \(of 2\) targets unfinished"):
+    assert orch.compute(inc(0)) == 1  # workers up first (cluster jobs start slowly)
+    # napping(3) cannot be done; inc(1) usually is (a loaded machine may take longer)
+    with pytest.raises(TimeoutError, match=r"[12] \(of 2\) targets unfinished"):
         within(60, orch.compute, [inc(1), napping(3)], timeout=0.5)
     seen = []
     with pytest.raises(TimeoutError):
