@@ -107,12 +107,7 @@ def test_cancel_is_true_only_for_calls_that_never_run(orch, tmp_path):
     release = str(tmp_path / "release")
     if not _parallel(orch):
         open(release, "w").close()  # each call runs within submit: let it end
-    futures = {}
-    for i in range(20):
-        marker = str(tmp_path / f"ran-{i}")
-        futures[marker] = orch.submit(mark_then_wait, marker, release)
-    if _parallel(orch):
-        wait_until(lambda: any(f.running() for f in futures.values()))
+    futures = _submit_waiting_calls(orch, tmp_path, release, 20)
     cancelled = {marker for marker, future in futures.items() if future.cancel()}
     open(release, "w").close()
     for marker, future in futures.items():
@@ -132,12 +127,7 @@ def test_shutdown_cancel_futures_cancels_only_what_has_not_started(options, tmp_
     if options["mode"] == "sequential":
         open(release, "w").close()
     with ox.Orchestrator(**options) as orch:
-        futures = {}
-        for i in range(12):
-            marker = str(tmp_path / f"ran-{i}")
-            futures[marker] = orch.submit(mark_then_wait, marker, release)
-        if _parallel(orch):
-            wait_until(lambda: any(f.running() for f in futures.values()))
+        futures = _submit_waiting_calls(orch, tmp_path, release, 12)
         running = [marker for marker, future in futures.items() if future.running()]
         open(release, "w").close()
         within(60, orch.shutdown, cancel_futures=True)
@@ -147,6 +137,18 @@ def test_shutdown_cancel_futures_cancels_only_what_has_not_started(options, tmp_
             assert not os.path.exists(marker) and marker not in running
         else:
             assert future.result() == marker  # it started: it ran to its end
+
+
+def _submit_waiting_calls(orch, tmp_path, release, count):
+    """``count`` calls that mark their file, then wait for ``release``: {marker: future}, once
+    a worker has one (in the parallel modes)."""
+    futures = {}
+    for i in range(count):
+        marker = str(tmp_path / f"ran-{i}")
+        futures[marker] = orch.submit(mark_then_wait, marker, release)
+    if _parallel(orch):
+        wait_until(lambda: any(f.running() for f in futures.values()))
+    return futures
 
 
 def _parallel(orch):
