@@ -207,6 +207,13 @@ class Config:
         _is_bool,
         "keep final results in out_dir and load them instead of recomputing on a rerun",
     )
+    keep_journal: bool = _key(
+        False,
+        "a bool",
+        _is_bool,
+        "keep the tasks of earlier runs in out_dir's journal (several orchestrators of one "
+        "pipeline in one out_dir: status shows them all); False: a new run starts a new journal",
+    )
 
     MODE: ClassVar[str] = ""
 

@@ -95,7 +95,7 @@ def _start_consumers(
     """The consumers of task events; each is closed by ``undo`` if construction fails."""
     consumers: list[EventConsumer] = []
     if config.out_dir is not None:
-        consumers.append(Journal(config.out_dir, config.resume))
+        consumers.append(Journal(config.out_dir, config.resume, keep=config.keep_journal))
         undo.callback(consumers[-1].close)
     if on_task_done is not None:
         consumers.append(CallbackConsumer(on_task_done))

@@ -121,12 +121,12 @@ class Journal:
     every ``BATCH_SECONDS`` while events come, and sleeps while none do. If the writer process
     cannot start, the thread writes itself."""
 
-    def __init__(self, out_dir: str, resume: bool) -> None:
+    def __init__(self, out_dir: str, resume: bool, keep: bool = False) -> None:
         os.makedirs(out_dir, exist_ok=True)
         self.path = os.path.join(out_dir, JOURNAL_FILE)
         self._lock_fd = os.open(os.path.join(out_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            self.run_id = self._open_run(resume)
+            self.run_id = self._open_run(resume, keep)
             self._process, self._local = self._start_writer()
         except sqlite3.Error as exc:
             os.close(self._lock_fd)
@@ -270,8 +270,9 @@ class Journal:
 
     # -- opening ------------------------------------------------------------------------------
 
-    def _open_run(self, resume: bool) -> int:
-        """Create the tables, settle what earlier runs left, and add this run."""
+    def _open_run(self, resume: bool, keep: bool) -> int:
+        """Create the tables, settle what earlier runs left, and add this run (``keep``: the
+        tasks of earlier runs stay, as in a resumed run)."""
         alone = _try_lock(self._lock_fd, fcntl.LOCK_EX)
         connection = connect(self.path)
         try:
@@ -284,11 +285,13 @@ class Journal:
                     "UPDATE tasks SET state = ? WHERE state IN (?, ?)", (KILLED, *_LIVE)
                 )
                 connection.execute("UPDATE runs SET outcome = 'killed' WHERE ended IS NULL")
-                if not resume:  # a new run starts a new journal; a resumed one continues it
+                if not (resume or keep):  # a new run starts a new journal; a resumed one
+                    # (or one of several orchestrators of a pipeline) continues it
                     connection.execute("DELETE FROM tasks")
+            argv = " ".join(sys.argv)
             cursor = connection.execute(
                 "INSERT INTO runs (host, pid, started, resume, argv) VALUES (?, ?, ?, ?, ?)",
-                (socket.gethostname(), os.getpid(), time.time(), int(resume), " ".join(sys.argv)),
+                (socket.gethostname(), os.getpid(), time.time(), _continues(resume, keep), argv),
             )
             connection.execute("COMMIT")
             assert cursor.lastrowid is not None
@@ -296,6 +299,12 @@ class Journal:
         finally:
             connection.close()
             fcntl.flock(self._lock_fd, fcntl.LOCK_SH)  # from exclusive (or none) to shared
+
+
+def _continues(resume: bool, keep: bool) -> int:
+    """``runs.resume``: 0 the run started a new journal, 1 it resumed, 2 it kept the tasks of the
+    runs before it (one of a pipeline's orchestrators)."""
+    return 1 if resume else 2 if keep else 0
 
 
 def task_columns(connection: sqlite3.Connection) -> set[str]:

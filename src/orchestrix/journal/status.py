@@ -76,6 +76,11 @@ def _query(connection: sqlite3.Connection, out_dir: str) -> dict[str, Any]:
     row = connection.execute(
         "SELECT id, host, pid, started, ended, outcome FROM runs ORDER BY id DESC LIMIT 1"
     ).fetchone()
+    # the runs whose tasks the journal holds: since the last one that started a new journal
+    runs, first_started = connection.execute(
+        "SELECT count(*), min(started) FROM runs "
+        "WHERE id >= (SELECT coalesce(max(id), 0) FROM runs WHERE resume = 0)"
+    ).fetchone()
     run = None
     if row is not None:
         run = dict(zip(("id", "host", "pid", "started", "ended", "outcome"), row, strict=True))
@@ -83,6 +88,8 @@ def _query(connection: sqlite3.Connection, out_dir: str) -> dict[str, Any]:
         "out_dir": out_dir,
         "alive": run_is_alive(out_dir),
         "run": run,
+        "runs": runs,
+        "first_started": first_started,
         "counts": counts,
         "total": sum(counts.values()),
         "loaded": loaded,
@@ -96,6 +103,11 @@ def _query(connection: sqlite3.Connection, out_dir: str) -> dict[str, Any]:
 def format_status(status: dict[str, Any], max_failed: int = 20) -> str:
     """The status as lines of text, for a terminal."""
     lines = [_run_line(status)]
+    if status.get("runs", 0) > 1:  # a resumed run, or a pipeline of several orchestrators
+        lines.append(
+            f"  the journal holds {status['runs']} runs, the first started "
+            f"{_when(status['first_started'])}"
+        )
     counts = status["counts"]
     states = ", ".join(f"{state} {counts[state]:,}" for state in STATES if counts[state])
     total = status["total"]
