@@ -80,7 +80,7 @@ def no_leaked_processes():
     if leaked:
         _, alive = psutil.wait_procs(leaked, timeout=3)
         leaked = [p for p in alive if p.is_running()]
-    assert not leaked, f"processes left behind: {[(p.pid, p.name()) for p in leaked]}"
+    assert not leaked, f"processes left behind: {[(p.pid, p.name(), p.cmdline()) for p in leaked]}"
 
 
 @pytest.fixture(params=list(DURABLE))

@@ -129,6 +129,26 @@ def test_a_new_run_starts_a_new_journal_unless_resumed(tmp_path):
     assert len(rows(out)) == 2
 
 
+def test_keep_journal_shows_every_orchestrator_of_a_pipeline(tmp_path):
+    """A pipeline that runs several orchestrators in one out_dir (CARS: one per step) sees all
+    their tasks in status; the next run without keep_journal starts afresh."""
+    out = str(tmp_path / "run")
+    with ox.Orchestrator(mode="sequential", out_dir=out) as orch:
+        orch.compute([inc(1), inc(2)])
+    for step in (3, 4):
+        with ox.Orchestrator(mode="sequential", out_dir=out, keep_journal=True) as orch:
+            orch.compute(inc(step))
+    status = read_status(out)
+    assert status["counts"]["DONE"] == 4
+    assert status["runs"] == 3
+    assert "the journal holds 3 runs" in format_status(status)
+    with ox.Orchestrator(mode="sequential", out_dir=out) as orch:
+        orch.compute(inc(5))
+    status = read_status(out)
+    assert (status["counts"]["DONE"], status["runs"]) == (1, 1)
+    assert "journal holds" not in format_status(status)
+
+
 def test_no_journal_without_out_dir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with ox.Orchestrator(mode="sequential") as orch:

@@ -145,7 +145,14 @@ class DaskBackend(Backend):
                 "distributed.worker.memory.target": False,
                 "distributed.worker.memory.spill": False,
             }
-        return {"distributed.scheduler.allowed-failures": self.config.retries, **spill}
+        return {
+            "distributed.scheduler.allowed-failures": self.config.retries,
+            # dask's own default, whatever the application's dask config says (CARS's says
+            # forkserver): distributed never stops the forkserver it starts, which outlives
+            # the cluster
+            "distributed.worker.multiprocessing-method": "spawn",
+            **spill,
+        }
 
     @property
     def dashboard_link(self) -> str | None:
