@@ -94,3 +94,18 @@ def durable(request) -> dict:
 def parallel(request) -> dict:
     """Options of each mode of durable runs that runs tasks in other processes."""
     return dict(DURABLE[request.param])
+
+
+@pytest.fixture(autouse=True)
+def process_hooks_restored():
+    """What a library may change for the whole process is put back after each test: CARS's
+    multiprocessing cluster sets a threading excepthook that SIGKILLs the process (any later
+    thread's exception would end the test session), and libraries install SIGINT handlers."""
+    import signal
+    import threading
+
+    excepthook, sigint = threading.excepthook, signal.getsignal(signal.SIGINT)
+    yield
+    threading.excepthook = excepthook
+    if signal.getsignal(signal.SIGINT) is not sigint:
+        signal.signal(signal.SIGINT, sigint)
