@@ -20,6 +20,7 @@ from concurrent.futures import Executor, Future
 from typing import Any
 
 from . import failures
+from .backends import create_backend_class
 from .config import Config, load_config_file
 from .engine.futures import CallbackThread, CallFuture
 from .engine.mapping import BatchSizer, OrderedMap, call_batch, failed_call, tasks_in_flight
@@ -74,6 +75,7 @@ class Orchestrator(Executor):
                 raise TypeError(f"{name} must be callable, got {type(callback).__name__}")
         self.config: Config
         self.config, self.sizing_reasons = resolve_with_reasons(config, options)
+        create_backend_class(self.config)  # its imports fail (no dask) before out_dir is made
         self._closed = False
         self._lock = threading.Lock()
         self._futures: dict[Future[Any], int] = {}  # submitted calls not finished -> job id
