@@ -18,7 +18,14 @@ from typing import Any
 
 from .errors import ConfigError, ConfigWarning
 
-__all__ = ["CARS_ONLY_KEYS", "MODE_ALIASES", "applicable_keys", "canonical_mode", "did_you_mean"]
+__all__ = [
+    "CARS_ONLY_KEYS",
+    "MODE_ALIASES",
+    "applicable_keys",
+    "canonical_mode",
+    "did_you_mean",
+    "unknown_key_message",
+]
 
 #: another name of a mode -> the mode (CARS deprecated "mp" for "multiprocessing")
 MODE_ALIASES = {"mp": "multiprocessing"}
