@@ -8,13 +8,14 @@ import sys
 import orchestrix as ox
 
 PUBLIC = {
-    "ArraySink", "AutoConfig", "CanaryError", "Config", "ConfigError", "Delayed",
-    "DiskFullError", "LargeArgumentWarning", "LocalDaskConfig", "MultiprocessingConfig",
-    "NameStats", "NoWorkerError", "Orchestrator", "OrchestratorInTaskError", "OrchestrixError",
-    "PbsDaskConfig", "ProfilingConfig", "RemoteTraceback", "RunSummary", "SequentialConfig",
-    "SlurmDaskConfig", "StallError", "TaskError", "TaskEvent", "TaskFunction",
-    "TaskTimeoutError", "Tile", "UpstreamTaskError", "WorkerCrashedError", "WorkerMemoryError",
-    "__version__", "task", "tiles", "tokenize",
+    "ArraySink", "AutoConfig", "CanaryError", "Config", "ConfigError", "ConfigWarning",
+    "Delayed", "DiskFullError", "LargeArgumentWarning", "LocalDaskConfig",
+    "MultiprocessingConfig", "NameStats", "NoWorkerError", "Orchestrator",
+    "OrchestratorInTaskError", "OrchestrixError", "PbsDaskConfig", "ProfilingConfig",
+    "RemoteTraceback", "RunSummary", "SequentialConfig", "SlurmDaskConfig", "StallError",
+    "TaskError", "TaskEvent", "TaskFunction", "TaskTimeoutError", "Tile", "UpstreamTaskError",
+    "WorkerCrashedError", "WorkerMemoryError", "__version__", "resolve_config", "task", "tiles",
+    "tokenize",
 }  # fmt: skip
 
 

@@ -43,12 +43,14 @@ def test_mistyped_key_names_the_right_one_in_one_line():
     assert "multiprocessing" in message and "valid keys:" in message
 
 
-def test_key_of_another_mode_says_which_modes_have_it():
-    with pytest.raises(ox.ConfigError) as info:
-        parse_config(mode="sequential", nb_workers=2)
-    message = str(info.value)
-    assert "does not apply to mode 'sequential'" in message
+def test_key_of_another_mode_warns_which_modes_have_it_and_is_ignored():
+    with pytest.warns(ox.ConfigWarning) as caught:
+        config = parse_config(mode="sequential", nb_workers=2)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "does not apply to mode 'sequential'" in message and message.endswith("; ignored")
     assert "multiprocessing" in message and "local_dask" in message
+    assert "nb_workers" not in config.to_dict()
 
 
 def test_config_error_is_a_value_error():

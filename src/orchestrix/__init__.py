@@ -5,6 +5,7 @@
 
 # The layers, each importing only those below it (docs/architecture.md draws them):
 #   orchestrator.py    the facade: Orchestrator (an Executor)
+#   resolve.py         resolve_config: the config an Orchestrator runs with, starting nothing
 #   session.py         what an open orchestrator holds: monitor, backend, engine, journal
 #   engine/            the caller side of a run: ready units out, outcomes in; futures; store
 #   backends/          how units run: sequential, pool/ (multiprocessing, auto), dask/; they
@@ -12,8 +13,9 @@
 #   monitoring/ journal/ reports/   what is recorded of a run, durably, and shown to people
 #   worker/            what runs inside any worker: execute a unit, observe it, move its data
 #   graph/             pure: tasks, keys, fusion, tiles
-#   errors failures records config sizing atomic runcontext   pure: the errors and the one
-#                      place that builds them, the records that cross boundaries, configs
+#   errors failures records config config_compat sizing atomic runcontext   pure: the errors
+#                      and the one place that builds them, the records that cross boundaries,
+#                      configs (and CARS's accepted as they are)
 
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from .config import (
 from .errors import (
     CanaryError,
     ConfigError,
+    ConfigWarning,
     DiskFullError,
     LargeArgumentWarning,
     NoWorkerError,
@@ -51,6 +54,7 @@ from .graph.tokenize import tokenize
 from .monitoring.callbacks import TaskEvent
 from .monitoring.monitor import NameStats, RunSummary
 from .orchestrator import Orchestrator
+from .resolve import resolve_config
 
 __version__ = "0.1.0"
 
@@ -60,6 +64,7 @@ __all__ = [
     "CanaryError",
     "Config",
     "ConfigError",
+    "ConfigWarning",
     "Delayed",
     "DiskFullError",
     "LargeArgumentWarning",
@@ -85,6 +90,7 @@ __all__ = [
     "UpstreamTaskError",
     "WorkerCrashedError",
     "WorkerMemoryError",
+    "resolve_config",
     "task",
     "tiles",
     "tokenize",

@@ -4,13 +4,15 @@ profile OUT_DIR``."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
-from collections.abc import Sequence
-from typing import Any
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Any, TextIO
 
 from .config import DEFAULT_MODE, MODES
-from .errors import ConfigError, OrchestrixError
+from .errors import ConfigError, ConfigWarning, OrchestrixError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -41,16 +43,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     status.add_argument("--json", action="store_true", help="print it as JSON")
     args = parser.parse_args(argv)
     try:
-        if args.command == "status":
-            return _status(args)
-        if args.command == "profile":
-            return _profile(args)
-        if args.command == "report":
-            return _report(args)
-        return _plan(args) if args.command == "plan" else _demo(args)
+        with _config_warnings_in_one_line():
+            if args.command == "status":
+                return _status(args)
+            if args.command == "profile":
+                return _profile(args)
+            if args.command == "report":
+                return _report(args)
+            return _plan(args) if args.command == "plan" else _demo(args)
     except OrchestrixError as exc:
         print(f"orchestrix: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
+
+
+@contextlib.contextmanager
+def _config_warnings_in_one_line() -> Iterator[None]:
+    """A ConfigWarning (a key of the file or flags that is ignored) printed as the errors are,
+    without the source line; other warnings as Python shows them."""
+    with warnings.catch_warnings():  # restores showwarning
+        show = warnings.showwarning
+
+        def show_config_warning(
+            message: Warning | str,
+            category: type[Warning],
+            filename: str,
+            lineno: int,
+            file: TextIO | None = None,
+            line: str | None = None,
+        ) -> None:
+            if issubclass(category, ConfigWarning):
+                print(f"orchestrix: {category.__name__}: {message}", file=sys.stderr)
+            else:
+                show(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show_config_warning
+        yield
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -104,8 +131,9 @@ def _number(text: str) -> int | float:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from .config import load_config_file, parse_config
-    from .sizing import describe_facts, read_machine_facts, resolve_pool_config, usable_cpus
+    from .config import load_config_file
+    from .resolve import resolve_with_reasons
+    from .sizing import describe_facts, read_machine_facts, usable_cpus
 
     options: dict[str, Any] = {}
     if args.config is not None:
@@ -127,20 +155,19 @@ def _plan(args: argparse.Namespace) -> int:
     for key in ("account", "walltime", "queue", "qos", "out_dir"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
-    config = parse_config(options)
     facts = read_machine_facts()
-    resolved, reasons = resolve_pool_config(config, facts)
+    resolved, reasons = resolve_with_reasons(options, {}, facts)
     print(f"# machine: {describe_facts(facts)}")
     print(f"# usable: {usable_cpus(facts)[1]}")
     for key, value in resolved.to_dict().items():
         line = f"{key} = {json.dumps(value)}"
         print(f"{line}  # {reasons[key]}" if key in reasons else line)
-    if config.mode in ("slurm_dask", "pbs_dask"):
+    if resolved.mode in ("slurm_dask", "pbs_dask"):
         from .backends.dask.jobqueue import job_script  # dask only for the cluster modes
 
-        jobs = getattr(config, "nb_workers", "?")
+        jobs = getattr(resolved, "nb_workers", "?")
         print(f"\n# the job script each of the {jobs} worker jobs runs (not submitted):")
-        print(job_script(config))
+        print(job_script(resolved))
     return 0
 
 

@@ -1,15 +1,16 @@
 """Validated, frozen configuration: one dataclass per mode.
 
 Keys and defaults follow CARS's orchestrator table; orchestrix adds its own (``out_dir``,
-``retries``). A key that a mode cannot honour is not accepted in that mode: an unknown key, a key of
-another mode, a wrong type or a value out of range raises :class:`ConfigError` in one line that
-names the key, what was expected and what was given, and suggests the closest valid key.
+``retries``). An unknown key, a wrong type or a value out of range raises :class:`ConfigError` in
+one line that names the key, what was expected and what was given, and suggests the closest valid
+key. A CARS configuration is accepted as it is (:mod:`orchestrix.config_compat`): ``mode: "mp"`` is
+``multiprocessing``, and a key that has no effect in the mode (a key of another mode, a CARS key
+orchestrix has no use for) is dropped with a :class:`~orchestrix.errors.ConfigWarning`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import math
 import os
@@ -20,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from .config_compat import applicable_keys, canonical_mode, did_you_mean
 from .errors import ConfigError
 
 __all__ = [
@@ -426,19 +428,15 @@ def parse_config(options: Mapping[str, Any] | Config | None = None, **overrides:
     for key in merged:
         if not isinstance(key, str):
             raise ConfigError(f"config keys must be strings, got {_shown(key)}")
-    mode = merged.setdefault("mode", DEFAULT_MODE)
+    mode = merged["mode"] = canonical_mode(merged.get("mode", DEFAULT_MODE))
     if not isinstance(mode, str) or mode not in CONFIG_CLASSES:
-        hint = _did_you_mean(mode, MODES) if isinstance(mode, str) else ""
+        hint = did_you_mean(mode, MODES) if isinstance(mode, str) else ""
         raise ConfigError(
             f"key 'mode' expects one of {', '.join(MODES)}, "
             f"got {_shown(mode)} ({type(mode).__name__}){hint}"
         )
-    config_class = CONFIG_CLASSES[mode]
-    valid = config_class.key_names()
-    for key in merged:
-        if key not in valid:
-            raise ConfigError(_unknown_key_message(key, mode, valid))
-    return config_class(**merged)
+    keys = {name: config_class.key_names() for name, config_class in CONFIG_CLASSES.items()}
+    return CONFIG_CLASSES[mode](**applicable_keys(merged, mode, keys))
 
 
 def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -469,24 +467,8 @@ def _build_profiling(value: Mapping[str, Any]) -> ProfilingConfig:
     valid = tuple(ProfilingConfig.__dataclass_fields__)
     for key in value:
         if key not in valid:
-            hint = _did_you_mean(key, valid)
+            hint = did_you_mean(key, valid)
             raise ConfigError(
                 f"unknown key 'profiling.{key}'{hint}; valid keys of profiling: {', '.join(valid)}"
             )
     return ProfilingConfig(**value)
-
-
-def _unknown_key_message(key: str, mode: str, valid: tuple[str, ...]) -> str:
-    other_modes = [m for m, cls in CONFIG_CLASSES.items() if key in cls.key_names()]
-    if other_modes:
-        what = (
-            f"key {key!r} does not apply to mode {mode!r} (it is a key of {', '.join(other_modes)})"
-        )
-    else:
-        what = f"unknown key {key!r} for mode {mode!r}"
-    return f"{what}{_did_you_mean(key, valid)}; valid keys: {', '.join(sorted(valid))}"
-
-
-def _did_you_mean(word: str, choices: Any) -> str:
-    matches = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {matches[0]!r}?)" if matches else ""

@@ -24,6 +24,14 @@ class ConfigError(OrchestrixError, ValueError):
     """An invalid configuration: unknown key, wrong type or range, or an unavailable mode."""
 
 
+class ConfigWarning(UserWarning):
+    """A configuration key that has no effect in its mode, and is ignored.
+
+    A key of another mode (``walltime`` in ``local_dask``) or a CARS key orchestrix has no use for
+    (``config_name``): a CARS configuration is accepted as it is, and the key is dropped from the
+    frozen config. A key known to no mode (a typo) is a :class:`ConfigError` instead."""
+
+
 class DiskFullError(OrchestrixError):
     """A file could not be written for want of space (or of quota) in ``directory``.
 

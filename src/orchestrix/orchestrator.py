@@ -21,7 +21,7 @@ from typing import Any
 
 from . import failures
 from .backends import create_backend_class
-from .config import Config, load_config_file, parse_config
+from .config import Config, load_config_file
 from .engine.futures import CallbackThread, CallFuture
 from .engine.mapping import BatchSizer, OrderedMap, call_batch, failed_call, tasks_in_flight
 from .engine.scheduler import reported_error
@@ -44,8 +44,8 @@ from .monitoring.callbacks import TaskEvent
 from .monitoring.monitor import RunSummary
 from .monitoring.progress import ProgressBar, shows, start_progress
 from .reports.runfiles import RunFiles
+from .resolve import resolve_with_reasons
 from .session import Session, describe_config
-from .sizing import resolve_pool_config
 from .worker.execute import UnitOutcome
 
 __all__ = ["Orchestrator"]
@@ -73,10 +73,9 @@ class Orchestrator(Executor):
         for name, callback in (("on_task_done", on_task_done), ("on_run_end", on_run_end)):
             if callback is not None and not callable(callback):
                 raise TypeError(f"{name} must be callable, got {type(callback).__name__}")
-        parsed = parse_config(config, **options)
-        create_backend_class(parsed)  # an unbuilt mode is refused before the machine is sized
         self.config: Config
-        self.config, self.sizing_reasons = resolve_pool_config(parsed)
+        self.config, self.sizing_reasons = resolve_with_reasons(config, options)
+        create_backend_class(self.config)  # its imports fail (no dask) before out_dir is made
         self._closed = False
         self._lock = threading.Lock()
         self._futures: dict[Future[Any], int] = {}  # submitted calls not finished -> job id

@@ -8,7 +8,7 @@ from typing import Any
 from ..errors import ConfigError
 from .base import Backend, Recorder
 
-__all__ = ["AVAILABLE", "Backend", "Recorder", "create_backend"]
+__all__ = ["AVAILABLE", "Backend", "Recorder", "check_built", "create_backend"]
 
 
 def _sequential() -> type[Backend]:
@@ -63,11 +63,15 @@ def create_backend(config: Any, monitor: Recorder, **extras: Any) -> Backend:
 
 def create_backend_class(config: Any) -> type[Backend]:
     """The backend class of ``config.mode``; ConfigError if that mode is not built yet."""
-    target = AVAILABLE.get(config.mode)
-    if target is None:
+    check_built(config.mode)
+    return AVAILABLE[config.mode]()
+
+
+def check_built(mode: str) -> None:
+    """ConfigError if ``mode``'s backend is not built yet; imports nothing."""
+    if mode not in AVAILABLE:
         built = ", ".join(sorted(AVAILABLE))
         raise ConfigError(
-            f"mode {config.mode!r} is valid but its backend is not built in this version of "
+            f"mode {mode!r} is valid but its backend is not built in this version of "
             f"orchestrix yet; available modes: {built}"
         )
-    return target()
