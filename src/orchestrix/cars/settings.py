@@ -18,9 +18,9 @@ import difflib
 from collections.abc import Mapping
 from typing import Any
 
-from ..config import Config, parse_config
+from ..config import CONFIG_CLASSES, Config
 from ..errors import ConfigError
-from ..sizing import resolve_pool_config
+from ..resolve import resolve_config
 
 __all__ = ["BACKENDS", "MODE", "check_cars_conf", "orchestrix_config"]
 
@@ -67,16 +67,12 @@ def orchestrix_config(conf: Mapping[str, Any] | None, **overrides: Any) -> Confi
         )
     if given.get("profiling") == {}:
         given.pop("profiling")  # CARS writes an empty dict for its default
-    parsed = parse_config(_applicable(given, backend), mode=backend, **overrides)
-    config, _reasons = resolve_pool_config(parsed)
-    return config
+    return resolve_config(_applicable(given, backend), mode=backend, **overrides)
 
 
 def _applicable(given: dict[str, Any], backend: str) -> dict[str, Any]:
     """``given`` without the keys CARS keeps for itself where orchestrix's mode has no use for
     them: CARS reads them (to size its tiles), so they are not a mistake to warn about."""
-    from ..config import CONFIG_CLASSES
-
     valid = CONFIG_CLASSES[backend].key_names()
     return {
         key: value
