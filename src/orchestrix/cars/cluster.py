@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from cars.orchestrator.cluster import abstract_cluster  # type: ignore[import-untyped]
+from cars.orchestrator.cluster import abstract_cluster
 
 from ..config import Config
 from ..graph.tasks import Delayed, TaskFunction
@@ -51,7 +51,7 @@ _journals_lock = threading.Lock()
 
 
 @abstract_cluster.AbstractCluster.register_subclass(MODE)
-class OrchestrixCluster(abstract_cluster.AbstractCluster):  # type: ignore[misc]
+class OrchestrixCluster(abstract_cluster.AbstractCluster):
     """CARS's cluster API on an orchestrix Orchestrator (see the module's docstring)."""
 
     def __init__(

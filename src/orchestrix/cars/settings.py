@@ -39,7 +39,7 @@ def check_cars_conf(conf: Mapping[str, Any] | None) -> dict[str, Any]:
 
     The result is plain data (CARS writes it to its ``used_conf``) and valid input again."""
     config = orchestrix_config(conf)
-    checked = {"mode": MODE, "backend": config.mode}
+    checked: dict[str, Any] = {"mode": MODE, "backend": config.mode}
     checked.update((key, value) for key, value in config.to_dict().items() if key != "mode")
     if checked.get("out_dir") is None:
         checked.pop("out_dir", None)  # decided per cluster, from CARS's log directory
