@@ -213,3 +213,20 @@ def test_sequential_leaves_the_callers_loggers_as_they_were(tmp_path):
         cluster.cleanup()
     after = {name: list(logging.getLogger(name).handlers) for name in before}
     assert after == before
+
+
+def test_worker_logs_and_profiles_of_a_cars_run(tmp_path):
+    """CARS's ``profiling`` section with orchestrix's keys: each worker writes its cProfile and
+    its log once, under the run's orchestrix directory."""
+    conf = {
+        "mode": "orchestrix",
+        "backend": "multiprocessing",
+        "nb_workers": 2,
+        "profiling": {"mode": "cprofile"},
+    }
+    results = _run_on(conf, tmp_path, _two_output_chain)
+    assert len(results) == 6
+    out = tmp_path / "logs" / "orchestrix"
+    assert list((out / "profiling" / "cprofile").glob("*.prof"))
+    logs = list((out / "workers_log").glob("*.log"))
+    assert logs and all(log.read_text().count("worker started") <= 1 for log in logs)

@@ -30,7 +30,7 @@ from typing import Any
 
 from cars.orchestrator.cluster import abstract_cluster
 
-from ..config import Config
+from ..config import CONFIG_CLASSES, Config
 from ..graph.tasks import Delayed, TaskFunction
 from ..orchestrator import Orchestrator
 from .settings import MODE, check_cars_conf, orchestrix_config
@@ -81,7 +81,7 @@ class OrchestrixCluster(abstract_cluster.AbstractCluster):
         out_dir = os.path.abspath(conf.pop("out_dir", None) or os.path.join(log_dir, OUT_DIR_NAME))
         preload = tuple(conf.pop("preload", ()))
         overrides: dict[str, Any] = {"out_dir": out_dir, "keep_journal": _keeps_journal(out_dir)}
-        if "preload" in type(orchestrix_config(conf)).key_names():
+        if "preload" in CONFIG_CLASSES[conf["backend"]].key_names():  # the worker modes
             overrides["preload"] = PRELOAD + tuple(m for m in preload if m not in PRELOAD)
         return orchestrix_config(conf, **overrides)
 

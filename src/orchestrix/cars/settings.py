@@ -15,6 +15,8 @@ orchestrix's mode has no use for them (sequential).
 from __future__ import annotations
 
 import difflib
+import os
+import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,6 +32,7 @@ MODE = "orchestrix"
 BACKENDS = ("multiprocessing", "sequential", "auto", "local_dask", "slurm_dask", "pbs_dask")
 #: keys CARS reads from the section for itself in every mode, with CARS's defaults
 CARS_READS = {"max_ram_per_worker": 2000, "nb_workers": 1, "task_timeout": 600}
+_STAND_IN_OUT_DIR = os.path.join(tempfile.gettempdir(), "orchestrix-cars-check")
 #: keys the plugin owns: not orchestrix keys
 _OWN = ("mode", "backend")
 
@@ -38,12 +41,14 @@ def check_cars_conf(conf: Mapping[str, Any] | None) -> dict[str, Any]:
     """CARS's ``check_conf``: the section validated, with orchestrix's defaults and sizing.
 
     The result is plain data (CARS writes it to its ``used_conf``) and valid input again."""
-    config = orchestrix_config(conf)
+    given = dict(conf or {})
+    # Each cluster writes in its own CARS log directory, unknown here: check the keys that
+    # need an out_dir (profiling, resume) against a stand-in, never created
+    config = orchestrix_config(given, out_dir=given.get("out_dir") or _STAND_IN_OUT_DIR)
     checked: dict[str, Any] = {"mode": MODE, "backend": config.mode}
     checked.update((key, value) for key, value in config.to_dict().items() if key != "mode")
-    if checked.get("out_dir") is None:
+    if not given.get("out_dir"):
         checked.pop("out_dir", None)  # decided per cluster, from CARS's log directory
-    given = dict(conf or {})
     for key, default in CARS_READS.items():
         checked.setdefault(key, given.get(key, default))
     if "profiling" in given and not given["profiling"]:
