@@ -34,8 +34,9 @@ from ...failures import TaskFailure
 from ...graph.factorize import WorkUnit
 from ...records import UnitRun
 from ...runcontext import in_this_run
+from ...worker.dumps import materialize
 from ...worker.execute import UnitOutcome
-from ...worker.transfer import create_dump_dir, dumps_work, materialize
+from ...worker.transfer import create_dump_dir, dumps_work
 from ..base import Backend, Recorder, Sink, Started, worker_settings
 from . import policy, processes
 from .ledger import Job, Ledger
