@@ -29,14 +29,26 @@ import mmap
 import os
 import pickle
 import sys
+import uuid
 import weakref
 from collections.abc import Callable
 from typing import IO, Any
 
 from ..atomic import write_atomically
+from ..graph.shared import Shared, ShareOwner, shared_id
 from ..graph.tasks import map_nested
 
-__all__ = ["DUMP_THRESHOLD", "Dumped", "Dumper", "materialize", "open_dump", "write_dump"]
+__all__ = [
+    "DUMP_THRESHOLD",
+    "DumpSource",
+    "Dumped",
+    "Dumper",
+    "PickledSource",
+    "materialize",
+    "open_dump",
+    "share_in_file",
+    "write_dump",
+]
 
 #: buffers smaller than this stay in the pickle: a file costs more than copying a few kB
 DUMP_THRESHOLD = 64 * 1024
@@ -214,6 +226,55 @@ def open_dump(path: str, inband: bytes, spans: Spans) -> Any:
         mapped = mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_COPY)
     view = memoryview(mapped)  # the buffers keep the map alive, and it closes with the last
     return pickle.loads(inband, buffers=[view[offset : offset + n] for offset, n in spans])
+
+
+class DumpSource:
+    """Where a shared value (``Orchestrator.scatter``) lies: a dump file that each worker maps,
+    copy-on-write, to rebuild the value; nothing of its large buffers goes through a pipe. The
+    parent's (``owned``) deletes the file when collected; the dump directory goes at close."""
+
+    __slots__ = ("__weakref__", "inband", "path", "spans")
+
+    def __init__(self, path: str, inband: bytes, spans: Spans, owned: bool = False) -> None:
+        self.path, self.inband, self.spans = path, inband, spans
+        if owned:
+            weakref.finalize(self, _remove_quietly, path)
+
+    def load(self) -> Any:
+        return open_dump(self.path, self.inband, self.spans)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (DumpSource, (self.path, self.inband, self.spans))
+
+
+class PickledSource:
+    """A shared value with no large buffer, or with no dump directory: its pickle, made once."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def load(self) -> Any:
+        return pickle.loads(self.data)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PickledSource, (self.data,))
+
+
+def share_in_file(value: Any, directory: str | None, owner: ShareOwner) -> Shared:
+    """A handle of ``value`` written once to ``directory``, that each worker maps and rebuilds
+    once. Without a directory (``dump_to_disk=False``): pickled once, and sent with each batch
+    of jobs that needs it (still rebuilt once per worker)."""
+    ident = shared_id(value)
+    if directory is None:
+        data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        return Shared(ident, owner, PickledSource(data))
+    path = os.path.join(directory, f"{ident}-{uuid.uuid4().hex[:8]}.buf")
+    dumped = write_dump(path, value, DUMP_THRESHOLD)
+    if isinstance(dumped, bytes):  # nothing large in it: its pickle is small
+        return Shared(ident, owner, PickledSource(dumped))
+    return Shared(ident, owner, DumpSource(path, *dumped, owned=True))
 
 
 def materialize(value: Any) -> Any:

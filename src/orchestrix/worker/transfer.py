@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 import cloudpickle  # type: ignore[import-untyped]
 
+from ..graph.shared import Shared, ShareOwner, check_owner
 from ..graph.tasks import TaskFunction
 from .dumps import DUMP_THRESHOLD, Dumped, Dumper, materialize
 
@@ -42,20 +43,28 @@ _SHM = "/dev/shm"
 _SHM_MIN_FREE = 2**30
 
 
-def dumps_work(obj: Any) -> bytes:
+def dumps_work(obj: Any, owner: ShareOwner | None = None) -> bytes:
     """Pickle work for a worker with the C pickler; only functions and classes that a worker
     could not import (lambdas, closures, anything of ``__main__``) go by value, via cloudpickle.
-    Module-level task functions go by reference. Within one call each object is pickled once."""
+    Module-level task functions go by reference. Within one call each object is pickled once.
+    Shared handles not of ``owner`` (another orchestrator's, or a closed one's) are refused."""
     buffer = io.BytesIO()
-    _WorkPickler(buffer, protocol=5).dump(obj)
+    pickler = _WorkPickler(buffer, protocol=5)
+    pickler.owner = owner
+    pickler.dump(obj)
     return buffer.getvalue()
 
 
 class _WorkPickler(pickle.Pickler):
+    owner: ShareOwner | None = None
+
     # The C pickler calls this only for objects that are not plain data (ints, strings, lists,
     # dicts...): cheap, unlike a pure-Python pickler.
     def reducer_override(self, obj: Any) -> Any:
         kind = type(obj)
+        if kind is Shared:
+            check_owner(obj, self.owner)
+            return NotImplemented
         if kind is not types.FunctionType and kind is not type:
             return NotImplemented
         found = _find_by_name(obj)
