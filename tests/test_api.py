@@ -12,7 +12,7 @@ PUBLIC = {
     "DiskFullError", "LargeArgumentWarning", "LocalDaskConfig", "MultiprocessingConfig",
     "NameStats", "NoWorkerError", "Orchestrator", "OrchestratorInTaskError", "OrchestrixError",
     "PbsDaskConfig", "ProfilingConfig", "RemoteTraceback", "RunSummary", "SequentialConfig",
-    "SlurmDaskConfig", "StallError", "TaskError", "TaskEvent", "TaskFunction",
+    "Shared", "SlurmDaskConfig", "StallError", "TaskError", "TaskEvent", "TaskFunction",
     "TaskTimeoutError", "Tile", "UpstreamTaskError", "WorkerCrashedError", "WorkerMemoryError",
     "__version__", "task", "tiles", "tokenize",
 }  # fmt: skip
