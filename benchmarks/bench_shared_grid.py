@@ -11,6 +11,9 @@ The workload is importable, for drivers that run it elsewhere (CARS's own cluste
 Run: ``python benchmarks/bench_shared_grid.py [mode ...]`` (``PYTHONPATH=src`` for this tree);
 modes default to multiprocessing and local_dask. Times (seconds, the caller's wall clock from
 the first call to the last result, orchestrator already started) are printed per mode.
+
+On 2026-12-02 (2 busy cores): multiprocessing 2.56 s passed directly, 0.63 s scattered;
+local_dask 75.15 s passed directly, 1.05 s scattered (the scatter itself included).
 """
 
 from __future__ import annotations

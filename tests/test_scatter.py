@@ -163,3 +163,28 @@ def test_a_dask_worker_without_the_value_fetches_it(oracle):
     with ox.Orchestrator(**BACKENDS["local_dask"]) as orch:
         shared = orch.scatter(value, broadcast=False)  # on one worker: the other fetches it
         assert orch.compute([window_sum(shared, i) for i in range(20)]) == expected
+
+
+class _Counted:
+    """A value that counts how often it is walked for a token."""
+
+    walks = 0
+
+    def __reduce__(self):
+        _Counted.walks += 1
+        return (_Counted, ())
+
+
+def test_a_handle_is_tokenized_without_walking_its_value(oracle):
+    shared = oracle.scatter(_Counted())
+    walks = _Counted.walks
+    keys = {window_sum(shared, 0).key for _ in range(5)}
+    assert len(keys) == 1 and _Counted.walks == walks  # the value's token was taken once
+
+
+@pytest.mark.timeout(300)
+def test_keys_of_handles_are_the_same_in_every_mode(local, oracle):
+    value = _grid()
+    key = window_sum(oracle.scatter(value), 0).key
+    with ox.Orchestrator(**local) as orch:
+        assert {window_sum(orch.scatter(value), 0).key for _ in range(2)} == {key}
