@@ -96,9 +96,9 @@ def check_owner(shared: Shared, owner: ShareOwner | None) -> None:
     if owner is None or shared.owner is None:
         return
     if shared.owner is not owner or owner.closed:
-        why = "is closed" if shared.owner.closed else "is another one"
+        why = "is closed" if shared.owner.closed else "is not the one that runs this task"
         raise ValueError(
-            f"{shared!r} was made by Orchestrator.scatter of an orchestrator that {why}: "
+            f"{shared!r} comes from Orchestrator.scatter of an orchestrator that {why}: "
             "scatter the value with the orchestrator that runs the task"
         )
 

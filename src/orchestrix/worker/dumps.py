@@ -94,12 +94,24 @@ class Dumper:
             raise
 
     def _leaf(self, written: list[str], value: Any) -> Any:
+        numpy = sys.modules.get("numpy")
+        if numpy is not None and _too_small(value, numpy, self.threshold):
+            return value  # no file for it: pickled with the rest, and not pickled twice
         path = os.path.join(self.directory, f"{os.getpid()}-{next(self._names)}.buf")
         dumped = write_dump(path, value, self.threshold)
         if isinstance(dumped, bytes):
             return _Pickled(dumped)  # nothing large in it: pickled once, not again with the rest
         written.append(path)
         return _DumpedFile(path, *dumped)
+
+
+def _too_small(value: Any, numpy: Any, threshold: int) -> bool:
+    """Whether ``value`` is a numpy scalar or array with no buffer to dump (a common leaf of
+    results: a list of them need not be pickled one by one)."""
+    if isinstance(value, numpy.generic):
+        return True
+    kind = type(value)
+    return kind is numpy.ndarray and (value.nbytes < threshold or value.dtype.hasobject)
 
 
 class _Pickled:
