@@ -20,6 +20,7 @@ from dump_tasks import (
     two_datasets,
 )
 from orchestrix.worker.dumps import Dumped, Dumper
+from test_nothing_lost import full_disk  # noqa: F401 - a fixture: dump files see a full disk
 
 xr = pytest.importorskip("xarray")
 pd = pytest.importorskip("pandas")
@@ -116,3 +117,12 @@ def test_a_failing_result_leaves_no_file_of_its_datasets(tmp_path):
     with pytest.raises(TypeError):
         Dumper(str(tmp_path)).encode(value, refuse)
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.usefixtures("full_disk")
+def test_a_full_dump_dir_leaves_no_file_of_the_result(tmp_path):
+    small = make_series.func(1.0, rows=9_000)  # 72 kB: dumped first, in the 100 kB left
+    with pytest.raises(ox.DiskFullError, match="a result Dataset") as info:
+        Dumper(str(tmp_path)).encode([small, make_dataset.func(2.0)], pickle.dumps)
+    assert str(tmp_path) in str(info.value)
+    assert os.listdir(tmp_path) == []  # the series' file too
