@@ -12,10 +12,10 @@ PUBLIC = {
     "Delayed", "DiskFullError", "LargeArgumentWarning", "LocalDaskConfig",
     "MultiprocessingConfig", "NameStats", "NoWorkerError", "Orchestrator",
     "OrchestratorInTaskError", "OrchestrixError", "PbsDaskConfig", "ProfilingConfig",
-    "RemoteTraceback", "RunSummary", "SequentialConfig", "SlurmDaskConfig", "StallError",
-    "TaskError", "TaskEvent", "TaskFunction", "TaskTimeoutError", "Tile", "UpstreamTaskError",
-    "WorkerCrashedError", "WorkerMemoryError", "__version__", "resolve_config", "task", "tiles",
-    "tokenize",
+    "RemoteTraceback", "RunSummary", "SequentialConfig", "Shared", "SlurmDaskConfig",
+    "StallError", "TaskError", "TaskEvent", "TaskFunction", "TaskTimeoutError", "Tile",
+    "UpstreamTaskError", "WorkerCrashedError", "WorkerMemoryError", "__version__",
+    "resolve_config", "task", "tiles", "tokenize",
 }  # fmt: skip
 
 

@@ -48,6 +48,7 @@ from .errors import (
     WorkerCrashedError,
     WorkerMemoryError,
 )
+from .graph.shared import Shared
 from .graph.tasks import Delayed, TaskFunction, task
 from .graph.tiles import ArraySink, Tile, tiles
 from .graph.tokenize import tokenize
@@ -80,6 +81,7 @@ __all__ = [
     "RemoteTraceback",
     "RunSummary",
     "SequentialConfig",
+    "Shared",
     "SlurmDaskConfig",
     "StallError",
     "TaskError",

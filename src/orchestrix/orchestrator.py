@@ -28,6 +28,7 @@ from .engine.scheduler import reported_error
 from .errors import ORCHESTRATOR_IN_TASK, REFUSED_AFTER_CLOSE, OrchestratorInTaskError
 from .graph.factorize import WorkUnit
 from .graph.inputs import describe_call
+from .graph.shared import Shared
 from .graph.signature import SignatureCheck
 from .graph.targets import Completion, check_targets
 from .graph.tasks import (
@@ -160,6 +161,12 @@ class Orchestrator(Executor):
         _signature_check(fn).check(args, kwargs)
         warn_large_arguments(_call_name(fn), args, kwargs)
         return self._submit_call(fn, args, kwargs)[0]
+
+    def scatter(self, value: Any, broadcast: bool = True) -> Shared:
+        """Send ``value`` once to the workers (each worker with ``broadcast``); pass the handle
+        in task arguments, and tasks receive ``value`` (see docs/multiprocessing.md)."""
+        self._check_open()
+        return self._backend.share(value, broadcast)
 
     def map(
         self,

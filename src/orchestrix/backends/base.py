@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from ..graph.factorize import WorkUnit
+from ..graph.shared import Shared, ShareOwner, shared_id
 from ..records import UnitLabels, UnitRun
 from ..worker.execute import UnitOutcome
 from ..worker.observe import WorkerSettings
@@ -61,6 +62,8 @@ class Backend(ABC):
     def __init__(self, config: Any, monitor: Recorder) -> None:
         self.config = config
         self.monitor = monitor
+        #: what this backend's Shared handles belong to; closed with the backend
+        self.shares = ShareOwner()
 
     #: True for backends that schedule whole graphs themselves (dask): the engine then calls
     #: :meth:`submit_graph` once instead of handing over ready units
@@ -110,6 +113,12 @@ class Backend(ABC):
     def materialize(self, value: Any) -> Any:
         """Turn an outcome's value into what the caller receives (e.g. open memory maps)."""
         return value
+
+    def share(self, value: Any, broadcast: bool = True) -> Shared:
+        """A handle of ``value`` for tasks' arguments, whose tasks receive ``value`` (see
+        ``Orchestrator.scatter``). Here, for backends that run tasks in the caller's process:
+        the value itself, no copy."""
+        return Shared(shared_id(value), self.shares, value=value)
 
 
 def worker_settings(config: Any, own_process: bool = True) -> WorkerSettings:

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..failures import TaskFailure, closed_error
 from ..graph.factorize import WorkUnit
+from ..graph.shared import running_owner
 from ..worker.execute import UnitOutcome
 from ..worker.observe import ProcessObserver, UsageMeter, run_measured, worker_name
 from .base import Backend, Recorder, Sink, Started, worker_settings
@@ -51,7 +52,8 @@ class SequentialBackend(Backend):
         self._ctrl_c.seen = False
         if started is not None:
             started()
-        outcome = run_measured(unit, inputs, self._meter, self._caller)
+        with running_owner(self.shares):  # a handle of another orchestrator is refused
+            outcome = run_measured(unit, inputs, self._meter, self._caller)
         failure = outcome.failure
         if isinstance(failure, TaskFailure) and self._ctrl_c.is_real(failure.exception):
             raise failure.exception  # the user's Ctrl-C stops the run, as it should
@@ -64,6 +66,7 @@ class SequentialBackend(Backend):
 
     def close(self) -> None:
         self._closed = True
+        self.shares.close()
         self._ctrl_c.uninstall()
         self._observer.stop()
         self._meter.close()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, overload
 
 from ..errors import LargeArgumentWarning, OrchestratorInTaskError
+from .shared import Shared
 from .signature import SignatureCheck
 from .tokenize import LARGE_ARGUMENT_BYTES, FunctionToken, tokenize_sized
 
@@ -61,7 +62,8 @@ class TaskNode:
         self.args = _replace_delayed(args, deps)
         self.kwargs = _replace_delayed(kwargs, deps)
         self.deps: tuple[TaskNode, ...] = tuple(deps.values())  # unique, in argument order
-        self.has_refs = bool(deps)
+        #: the arguments hold something to resolve in the worker: a Ref or a Shared handle
+        self.has_refs = bool(deps) or contains_shared((args, kwargs))
 
     @classmethod
     def call(
@@ -73,7 +75,7 @@ class TaskNode:
         key: str,
     ) -> TaskNode:
         """A node for one plain call, whose arguments are known to hold no Delayed."""
-        return _rebuild_node(func, name, args, kwargs, 1, key, False)
+        return _rebuild_node(func, name, args, kwargs, 1, key, contains_shared((args, kwargs)))
 
     def __repr__(self) -> str:
         return f"<TaskNode {self.key}>"
@@ -316,12 +318,21 @@ def find_delayed(obj: Any) -> list[Delayed]:
 
 def contains_delayed(obj: Any) -> bool:
     """Whether ``obj`` is, or holds in lists, tuples and dicts, a Delayed (a fast check)."""
+    return _contains(obj, Delayed)
+
+
+def contains_shared(obj: Any) -> bool:
+    """Whether ``obj`` is, or holds in lists, tuples and dicts, a Shared handle."""
+    return _contains(obj, Shared)
+
+
+def _contains(obj: Any, leaf_type: type) -> bool:
     stack = [obj]
     seen: set[int] = set()  # containers looked into: a container that holds itself ends
     while stack:
         item = stack.pop()
         kind = type(item)
-        if kind is Delayed:
+        if kind is leaf_type:
             return True
         if (kind is tuple or kind is list or kind is dict) and id(item) not in seen:
             seen.add(id(item))
@@ -332,7 +343,7 @@ def contains_delayed(obj: Any) -> bool:
 _CONTAINERS = (list, tuple, dict)
 
 
-def map_nested(obj: Any, leaf_type: type, replace: Callable[[Any], Any]) -> Any:
+def map_nested(obj: Any, leaf_type: type | tuple[type, ...], replace: Callable[[Any], Any]) -> Any:
     """Copy ``obj`` with each ``leaf_type`` instance replaced by ``replace(leaf)``.
 
     Only exact lists, tuples and dicts are searched (as dask does); other containers are opaque.
@@ -372,10 +383,11 @@ def map_nested(obj: Any, leaf_type: type, replace: Callable[[Any], Any]) -> Any:
         on_path.discard(id(container))
         new = _rebuilt(container, items, done)
         if new is not container and id(container) in cyclic:
+            leaf = getattr(leaf_type, "__name__", "value")
             raise ValueError(
                 f"a {type(container).__name__} that contains itself holds a "
-                f"{leaf_type.__name__} to replace: the copy could not keep the cycle; break the "
-                f"cycle, or pass the {leaf_type.__name__} as a separate argument"
+                f"{leaf} to replace: the copy could not keep the cycle; break the "
+                f"cycle, or pass the {leaf} as a separate argument"
             )
         if not frames:
             return new

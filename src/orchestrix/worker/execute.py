@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from ..failures import Failure, TaskFailure
 from ..graph.factorize import WorkUnit
+from ..graph.shared import Shared
 from ..graph.tasks import Ref, TaskNode, map_nested
 from ..records import Usage
 
@@ -115,13 +116,16 @@ def call_task(node: TaskNode, values: Mapping[str, Any]) -> Any:
 
 
 def resolve(obj: Any, values: Mapping[str, Any]) -> Any:
-    """Replace each Ref in ``obj`` (nested in lists, tuples, dicts) by the value it stands for."""
+    """Replace each Ref and Shared handle in ``obj`` (nested in lists, tuples, dicts) by the
+    value it stands for."""
 
-    def value_of(ref: Ref) -> Any:
+    def value_of(ref: Ref | Shared) -> Any:
+        if isinstance(ref, Shared):
+            return ref.get()
         value = values[ref.key]
         return value if ref.index is None else value[ref.index]
 
-    return map_nested(obj, Ref, value_of)
+    return map_nested(obj, (Ref, Shared), value_of)
 
 
 class UnitFailed(Exception):

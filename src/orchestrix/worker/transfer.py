@@ -1,22 +1,15 @@
-"""Moving work and results between processes: pickling, and numpy arrays through dump files.
+"""Moving work and results between processes: pickling, and the run's dump directory.
 
 Work goes to workers pickled with cloudpickle, except that a task function defined at module level
-goes by reference (module and name), not by value. Results come back with pickle protocol 5, but
-numpy arrays of at least ``DUMP_THRESHOLD`` bytes found in a result (also inside tuples, lists and
-dicts) are written once by the worker to a file in the run's private dump directory and travel as
-that file's path. The parent holds each file through a :class:`DumpedArray` handle: the file is
-deleted when the last handle is gone (every consumer has finished with it); a consumer or the
-caller reads it as a read-only memory map, which stays valid after the file is deleted. A
-result either leaves the worker whole or leaves no file behind: if a dump (a full disk) or the
-pickling of the rest fails, the files already dumped for it are removed.
+goes by reference (module and name), not by value. Results come back with pickle protocol 5; their
+large buffers (numpy arrays, also inside xarray and pandas objects) go through files of the run's
+private dump directory (:mod:`~orchestrix.worker.dumps`).
 """
 
 from __future__ import annotations
 
 import collections
-import functools
 import io
-import itertools
 import marshal
 import os
 import pickle
@@ -25,18 +18,18 @@ import shutil
 import sys
 import tempfile
 import types
-import weakref
-from collections.abc import Callable, Mapping
-from typing import IO, Any, ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import cloudpickle  # type: ignore[import-untyped]
 
-from ..atomic import write_atomically
-from ..graph.tasks import TaskFunction, map_nested
+from ..graph.shared import Shared, ShareOwner, check_owner
+from ..graph.tasks import TaskFunction
+from .dumps import DUMP_THRESHOLD, Dumped, Dumper, materialize
 
 __all__ = [
     "DUMP_THRESHOLD",
-    "DumpedArray",
+    "Dumped",
     "Dumper",
     "create_dump_dir",
     "dumps_work",
@@ -44,28 +37,34 @@ __all__ = [
     "remove_stale_dump_dirs",
 ]
 
-#: arrays smaller than this are pickled: a file costs more than copying a few kB
-DUMP_THRESHOLD = 64 * 1024
 _DIR_PREFIX = "orchestrix-dump-"
 _DIR_PATTERN = re.compile(rf"^{_DIR_PREFIX}(\d+)-(\d+)-")
 _SHM = "/dev/shm"
 _SHM_MIN_FREE = 2**30
 
 
-def dumps_work(obj: Any) -> bytes:
+def dumps_work(obj: Any, owner: ShareOwner | None = None) -> bytes:
     """Pickle work for a worker with the C pickler; only functions and classes that a worker
     could not import (lambdas, closures, anything of ``__main__``) go by value, via cloudpickle.
-    Module-level task functions go by reference. Within one call each object is pickled once."""
+    Module-level task functions go by reference. Within one call each object is pickled once.
+    Shared handles not of ``owner`` (another orchestrator's, or a closed one's) are refused."""
     buffer = io.BytesIO()
-    _WorkPickler(buffer, protocol=5).dump(obj)
+    pickler = _WorkPickler(buffer, protocol=5)
+    pickler.owner = owner
+    pickler.dump(obj)
     return buffer.getvalue()
 
 
 class _WorkPickler(pickle.Pickler):
+    owner: ShareOwner | None = None
+
     # The C pickler calls this only for objects that are not plain data (ints, strings, lists,
     # dicts...): cheap, unlike a pure-Python pickler.
     def reducer_override(self, obj: Any) -> Any:
         kind = type(obj)
+        if kind is Shared:
+            check_owner(obj, self.owner)
+            return NotImplemented
         if kind is not types.FunctionType and kind is not type:
             return NotImplemented
         found = _find_by_name(obj)
@@ -126,113 +125,6 @@ def _load_task_function(module_name: str, qualname: str) -> Any:
     for part in qualname.split("."):
         target = getattr(target, part)
     return target.func
-
-
-# -- dump files -------------------------------------------------------------------------------
-
-
-class Dumper:
-    """Worker side: replace large arrays in a result by files written in ``directory``."""
-
-    def __init__(self, directory: str, threshold: int = DUMP_THRESHOLD) -> None:
-        self.directory = directory
-        self.threshold = threshold
-        self._names = itertools.count()
-
-    def encode(self, value: Any, pickle_result: Callable[[Any], bytes]) -> bytes:
-        """``value`` with its large arrays dumped, pickled by ``pickle_result``. If a dump or
-        the pickling fails, the files dumped for ``value`` are removed before the error goes on:
-        a result that never reaches the parent has no handle there to delete them."""
-        written: list[str] = []
-        try:
-            return pickle_result(self._dump(value, written))
-        except BaseException:
-            for path in written:
-                _remove_quietly(path)
-            raise
-
-    def _dump(self, value: Any, written: list[str]) -> Any:
-        numpy = sys.modules.get("numpy")
-        if numpy is None:  # no array can exist in a process that never imported numpy
-            return value
-        return map_nested(value, numpy.ndarray, functools.partial(self._dump_array, written))
-
-    def _dump_array(self, written: list[str], array: Any) -> Any:
-        if array.nbytes < self.threshold or array.dtype.hasobject:
-            return array
-        path = os.path.join(self.directory, f"{os.getpid()}-{next(self._names)}.npy")
-        what = f"a result array ({array.dtype}, shape {array.shape})"
-        hint = "set dump_dir to a directory with room (or dump_to_disk=False)"
-        write_atomically(path, functools.partial(_write_array, array), what, hint)
-        written.append(path)
-        return _DumpedFile(path)
-
-
-def _write_array(array: Any, stream: IO[bytes]) -> None:
-    sys.modules["numpy"].lib.format.write_array(stream, array, allow_pickle=False)
-
-
-class _DumpedFile:
-    """A dumped array on its way from a worker to the parent, where it becomes a handle."""
-
-    __slots__ = ("path",)
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (DumpedArray.adopt, (self.path,))
-
-
-class DumpedArray:
-    """Parent side: owns one dump file; the file is deleted when the handle is collected.
-
-    Pickled to a worker, it becomes a copy-on-write memory map of the file, as it does for the
-    caller (:meth:`open`): a task or the caller may change the array in place, as in every other
-    mode, and the change stays in that process's memory, never in the file that others read.
-    """
-
-    __slots__ = ("__weakref__", "path")
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        weakref.finalize(self, _remove_quietly, path)
-
-    @classmethod
-    def adopt(cls, path: str) -> DumpedArray:
-        return cls(path)
-
-    def open(self) -> Any:
-        return _open_dump(self.path)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_open_dump, (self.path,))
-
-    def __repr__(self) -> str:
-        return f"DumpedArray({self.path!r})"
-
-
-def _open_dump(path: str) -> Any:
-    import numpy
-
-    return numpy.load(path, mmap_mode="c")  # copy-on-write: writable, the file untouched
-
-
-_PLAIN = (int, float, str, bytes, bool, type(None))
-
-
-def materialize(value: Any) -> Any:
-    """Replace the dump handles in a result by copy-on-write memory maps, for the caller."""
-    if type(value) in _PLAIN:
-        return value  # the common case of small results: nothing to walk
-    return map_nested(value, DumpedArray, DumpedArray.open)
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass  # already removed with its directory
 
 
 # -- the dump directory -----------------------------------------------------------------------

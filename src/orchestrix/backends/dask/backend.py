@@ -27,6 +27,7 @@ from ... import failures
 from ...errors import TaskError
 from ...failures import Failure, TaskFailure, portable_failure
 from ...graph.factorize import WorkUnit
+from ...graph.shared import Shared, shared_id
 from ...records import LabelledTask, LabelledUnit, UnitRun
 from ...runcontext import in_this_run
 from ...worker.execute import UnitFailed, UnitOutcome
@@ -40,6 +41,7 @@ from .tasks import (
     Label,
     MemoryLogger,
     ObserverPlugin,
+    ScatteredSource,
     Shipped,
     UnitReport,
     UnitStart,
@@ -77,6 +79,7 @@ class DaskBackend(Backend):
         self._completed = -1
         # set once a worker has joined: until then nothing can finish, and that is no stall
         self._joined = threading.Event()
+        self._scattered: list[Any] = []  # futures of shared values: held until close
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -165,6 +168,8 @@ class DaskBackend(Backend):
         if self._closed.is_set():
             return
         self._closed.set()
+        self.shares.close()
+        self._scattered.clear()  # released: a cluster we do not own forgets them
         self._progress.set()
         # A compute waiting in another thread ends now, with the error every mode gives.
         self._fail_waiting(lambda unit: failures.closed_error(unit.key, unit.name))
@@ -227,7 +232,7 @@ class DaskBackend(Backend):
         fails this task, as in the other modes, instead of escaping from dask's client."""
         label = Label(unit.key, unit.name, announce)
         try:
-            payload = dumps_work(unit)
+            payload = dumps_work(unit, self.shares)
         except KeyboardInterrupt:
             raise  # the user's Ctrl-C, not the task's fault
         except BaseException as exc:  # noqa: BLE001 - whatever a __reduce__ raises
@@ -255,6 +260,13 @@ class DaskBackend(Backend):
         if self.client is None or self._closed.is_set():
             return 0
         return sum(len(keys) for keys in self.client.processing().values())
+
+    def share(self, value: Any, broadcast: bool = True) -> Shared:
+        """Scattered once (to every worker with ``broadcast``); tasks carry the key, in the
+        unit's payload, and read the value from their worker's memory."""
+        future = self.client.scatter(value, broadcast=broadcast, hash=False)
+        self._scattered.append(future)
+        return Shared(shared_id(value), self.shares, ScatteredSource(future.key))
 
     def materialize(self, value: Any) -> Any:
         result = getattr(value, "result", None)

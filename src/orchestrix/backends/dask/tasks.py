@@ -6,6 +6,7 @@ Kept apart from the backend so that a worker imports only this, ``orchestrix.wor
 
 from __future__ import annotations
 
+import contextvars
 import os
 import pickle
 import threading
@@ -29,6 +30,7 @@ __all__ = [
     "Label",
     "MemoryLogger",
     "ObserverPlugin",
+    "ScatteredSource",
     "Shipped",
     "UnitReport",
     "UnitStart",
@@ -119,6 +121,37 @@ class Shipped:
         return pickle.loads(self.data, buffers=self.buffers)
 
 
+class ScatteredSource:
+    """Where a shared value lies on a dask cluster: under ``key`` in the workers' memory (it was
+    scattered there). A worker that lacks it (one that joined later) fetches it once."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: Any) -> None:
+        self.key = key
+
+    def load(self) -> Any:
+        from distributed import get_worker
+        from distributed.utils import sync
+        from distributed.utils_comm import gather_from_workers
+
+        worker = get_worker()
+        try:
+            return worker.data[self.key]
+        except KeyError:
+            pass
+        # From the workers that hold it, as dask moves a task's dependencies (a gather through
+        # a client inside a task waits for ever: distributed 2026.8)
+        holders = sync(worker.loop, worker.scheduler.who_has, keys=[self.key])
+        data = sync(worker.loop, gather_from_workers, holders, rpc=worker.rpc)[0]
+        if self.key not in data:
+            raise LookupError(f"no worker holds the shared value {self.key!r} any more")
+        return data[self.key]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ScatteredSource, (self.key,))
+
+
 @dask_serialize.register(Shipped)
 def _shipped_frames(shipped: Shipped) -> tuple[dict[str, Any], list[Any]]:
     """dask's transfer of a result: its pickle and its buffers as frames, uncopied."""
@@ -196,7 +229,9 @@ def _run_with_timeout(unit: WorkUnit, inputs: dict[str, Any], timeout: float) ->
     """Run the unit in a thread and stop waiting after ``timeout``; the caller then restarts this
     worker, which is the only way to stop a Python thread that is still running."""
     box: list[UnitOutcome] = []
-    thread = threading.Thread(target=_run_into, args=(box, unit, inputs), daemon=True)
+    # in this context: distributed finds the task's worker (get_worker, get_client) through it
+    context = contextvars.copy_context()
+    thread = threading.Thread(target=context.run, args=(_run_into, box, unit, inputs), daemon=True)
     thread.start()
     thread.join(timeout)
     if box:  # _run_into gives an outcome whatever happens: none means still running

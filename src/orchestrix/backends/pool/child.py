@@ -27,9 +27,9 @@ from typing import Any
 from ... import failures
 from ...errors import OrchestrixError
 from ...failures import Failure, TaskFailure, portable_exception, portable_failure
+from ...worker.dumps import Dumper
 from ...worker.execute import TaskCaller, UnitOutcome, run_unit
 from ...worker.observe import ProcessObserver, UsageMeter, WorkerSettings
-from ...worker.transfer import Dumper
 from .protocol import (
     JobResult,
     JobStatus,

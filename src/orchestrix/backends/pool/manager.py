@@ -32,16 +32,18 @@ from ... import failures
 from ...errors import OrchestrixError, TaskError
 from ...failures import TaskFailure
 from ...graph.factorize import WorkUnit
+from ...graph.shared import Shared
 from ...records import UnitRun
 from ...runcontext import in_this_run
+from ...worker.dumps import materialize, share_in_file
 from ...worker.execute import UnitOutcome
-from ...worker.transfer import create_dump_dir, dumps_work, materialize
+from ...worker.transfer import create_dump_dir
 from ..base import Backend, Recorder, Sink, Started, worker_settings
 from . import policy, processes
 from .ledger import Job, Ledger
 from .policy import MAX_STARTUP_FAILURES, Cause, Verdict
 from .processes import StopReason, Worker, interruption_error
-from .protocol import BatchWork, JobResult, JobStatus, ResultWindow, RunBatch, StartFailed
+from .protocol import JobResult, JobStatus, ResultWindow, RunBatch, StartFailed, pickle_work
 
 __all__ = ["MultiprocessingBackend"]
 
@@ -134,10 +136,14 @@ class MultiprocessingBackend(Backend):
     def materialize(self, value: Any) -> Any:
         return materialize(value)
 
+    def share(self, value: Any, broadcast: bool = True) -> Shared:
+        return share_in_file(value, self.dump_dir, self.shares)  # a file all workers map
+
     def running(self) -> int:
         return sum(len(worker.outstanding) for worker in list(self._workers))
 
     def close(self) -> None:
+        self.shares.close()
         if not self._ledger.close():
             return
         os.write(self._wake_write, b"!")
@@ -320,18 +326,18 @@ class MultiprocessingBackend(Backend):
         """Pickle the jobs together (a function shared by many jobs is pickled once); if that
         fails, find and fail the jobs that cannot be pickled, and send the others."""
         try:
-            return dumps_work(_work_of(jobs)), jobs
+            return pickle_work(jobs, self.shares), jobs
         except BaseException:  # noqa: BLE001 - a hostile __reduce__ may raise anything
             pass
         good = []
         for job in jobs:
             try:
-                dumps_work(_work_of([job]))
+                pickle_work([job], self.shares)
             except BaseException as exc:  # noqa: BLE001 - report what could not be pickled
                 self._fail_unpicklable(job, exc)
             else:
                 good.append(job)
-        return (dumps_work(_work_of(good)) if good else b""), good
+        return (pickle_work(good, self.shares) if good else b""), good
 
     def _retire_if_due(self, worker: Worker) -> None:
         limit = self.config.max_tasks_per_worker
@@ -492,7 +498,3 @@ class MultiprocessingBackend(Backend):
 
 def _failing_with(message: str) -> Callable[[WorkUnit], TaskError]:
     return lambda unit: failures.broken_pool_error(unit.key, unit.name, message)
-
-
-def _work_of(jobs: list[Job]) -> BatchWork:
-    return BatchWork([job.unit for job in jobs], [job.inputs for job in jobs])

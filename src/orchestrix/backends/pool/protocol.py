@@ -22,6 +22,8 @@ from typing import Any, NamedTuple
 
 from ... import failures
 from ...failures import TaskFailure
+from ...graph.shared import ShareOwner
+from ...worker.transfer import dumps_work
 
 __all__ = [
     "Channel",
@@ -67,6 +69,11 @@ class BatchWork(NamedTuple):
     units: list[Any]
     #: the inputs of each job (its dependencies' values by key), in the same order
     inputs: list[Any]
+
+
+def pickle_work(jobs: list[Any], owner: ShareOwner) -> bytes:
+    """The payload of a batch of jobs (Shared handles of ``owner`` only: see ``dumps_work``)."""
+    return dumps_work(BatchWork([job.unit for job in jobs], [job.inputs for job in jobs]), owner)
 
 
 class RunBatch(NamedTuple):
