@@ -230,3 +230,28 @@ def test_worker_logs_and_profiles_of_a_cars_run(tmp_path):
     assert list((out / "profiling" / "cprofile").glob("*.prof"))
     logs = list((out / "workers_log").glob("*.log"))
     assert logs and all(log.read_text().count("worker started") <= 1 for log in logs)
+
+
+def test_scattered_inputs_survive_cars_reset(conf, tmp_path):
+    """CARS's reset: the cluster is cleaned up keeping its shared data, a new one is built with
+    the old one's ``data_to_propagate``, and the same delayed tiles (holding the old cluster's
+    scattered handles) are started on it."""
+    grid = tasks.tile(1, 2, 300)
+
+    def reset_and_retry():
+        first = _cluster(conf, tmp_path)
+        shared = first.scatter(grid)
+        window_sum = first.create_task(tasks.window_sum)
+        delayeds = [window_sum(shared, row) for row in range(4)]
+        first.cleanup(keep_shared_dir=True)
+        second = AbstractCluster(
+            conf, str(tmp_path / "out"), str(tmp_path / "logs"),
+            data_to_propagate=first.data_to_propagate,
+        )  # fmt: skip
+        try:
+            return _run(second, delayeds)
+        finally:
+            second.cleanup()
+
+    results = within(300, reset_and_retry)
+    assert sorted(results) == sorted(float(grid["hgt"].values[row].sum()) for row in range(4))

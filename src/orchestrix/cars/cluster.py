@@ -31,6 +31,7 @@ from typing import Any
 from cars.orchestrator.cluster import abstract_cluster
 
 from ..config import CONFIG_CLASSES, Config
+from ..graph.shared import Shared
 from ..graph.tasks import Delayed, TaskFunction
 from ..orchestrator import Orchestrator
 from .settings import MODE, check_cars_conf, orchestrix_config
@@ -43,6 +44,7 @@ OUT_DIR_NAME = "orchestrix"
 #: worker it must happen in the main thread (dask_jobqueue, which CARS imports, sets a signal
 #: handler), not in the thread that unpickles a task
 PRELOAD = ("cars",)
+_SHARED_KEY = "orchestrix_shared"
 
 # The out_dirs this process has run an orchestrator in: the first run there starts a new
 # journal, the next ones (later steps of the same CARS run, a reset) keep its tasks.
@@ -68,8 +70,15 @@ class OrchestrixCluster(abstract_cluster.AbstractCluster):
         )  # fmt: skip
         self.launch_worker = launch_worker
         self.orchestrator: Orchestrator | None = None
+        # what a reset hands the next cluster: the handles scattered here and their values
+        propagated = dict(data_to_propagate or {})
+        self._shared: list[tuple[Shared, Any]] = propagated.get(_SHARED_KEY, [])
+        self.data_to_propagate = {**propagated, _SHARED_KEY: self._shared}
         if launch_worker:
             self.orchestrator = Orchestrator(self._config(log_dir))
+            for handle, value in self._shared:
+                # the tiles CARS retries after a reset hold the old cluster's handles
+                handle.rebind(self.orchestrator.scatter(value))
 
     # -- configuration ----------------------------------------------------------------------
 
@@ -112,12 +121,15 @@ class OrchestrixCluster(abstract_cluster.AbstractCluster):
             yield value
 
     def scatter(self, data: Any, broadcast: bool = True) -> Any:
-        share = getattr(self._open(), "scatter", None)
-        return data if share is None else share(data, broadcast=broadcast)
+        handle = self._open().scatter(data, broadcast=broadcast)
+        self._shared.append((handle, data))
+        return handle
 
     def cleanup(self, keep_shared_dir: bool = False, **_kwargs: Any) -> None:
         if self.orchestrator is not None:
             self.orchestrator.close()
+        if not keep_shared_dir:
+            self._shared.clear()  # no next cluster will scatter them again
 
     def _open(self) -> Orchestrator:
         if self.orchestrator is None:

@@ -74,6 +74,16 @@ class Shared:
                 _LOADED.popitem(last=False)
         return value
 
+    def rebind(self, other: Shared) -> None:
+        """Take the place of ``other``, a handle of the same value scattered by another
+        orchestrator: the graphs that hold this handle run there (a host application that
+        replaces its orchestrator and retries the same tasks: CARS's reset)."""
+        if other.id != self.id:
+            raise ValueError(f"{other!r} is not a handle of the value of {self!r}")
+        self.owner, self.source, self.local, self._value = (
+            other.owner, other.source, other.local, other._value,
+        )  # fmt: skip
+
     def __orchestrix_token__(self) -> str:
         return self.id
 
