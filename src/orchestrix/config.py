@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import keyword
 import math
 import os
 import re
@@ -42,6 +43,7 @@ MODES = ("sequential", "multiprocessing", "auto", "local_dask", "pbs_dask", "slu
 DEFAULT_MODE = "auto"
 PROFILING_MODES = ("timing", "cprofile", "memray")
 MP_MODES = ("forkserver", "fork", "spawn")
+LIMITS = ("kill", "warn")
 #: the largest memory limit accepted (MB): 1 EiB, whose byte count still fits in 64 bits
 MAX_MB = 2**40
 #: the longest timeout accepted (s): longer ones overflow the waits of ``threading``
@@ -94,6 +96,15 @@ def _is_str(value: Any) -> bool:
 
 def _is_path(value: Any) -> bool:
     return _is_str(value) and "\0" not in value  # the OS refuses a NUL byte in a path
+
+
+def _module_names(value: Any) -> bool:
+    """A list of dotted module names: ``["numpy", "cars.core.inputs"]``."""
+    return isinstance(value, (list, tuple)) and all(
+        isinstance(name, str)
+        and all(part.isidentifier() and not keyword.iskeyword(part) for part in name.split("."))
+        for name in value
+    )
 
 
 def _one_of(*choices: str) -> Callable[[Any], bool]:
@@ -270,6 +281,24 @@ class _WorkerPoolConfig(Config):
     dump_to_disk: bool = _key(
         True, "a bool", _is_bool, "pass numpy arrays through files instead of pipes"
     )
+    preload: tuple[str, ...] = _key(
+        (),
+        "a list of module names (dotted Python identifiers)",
+        _module_names,
+        "modules every worker imports before its first task (replacement workers too)",
+    )
+    limits: str = _key(
+        "kill",
+        f"one of {', '.join(LIMITS)}",
+        _one_of(*LIMITS),
+        "a task over per_job_timeout or max_ram_per_worker: 'kill' stops it, 'warn' logs a "
+        "warning and lets it run (as CARS did)",
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.preload, list):
+            object.__setattr__(self, "preload", tuple(self.preload))
 
 
 @dataclass(frozen=True)
