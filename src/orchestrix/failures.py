@@ -270,6 +270,22 @@ def memory_error(key: str, name: str, peak_rss_mb: float, limit_mb: float) -> Ta
     return WorkerMemoryError(key, name, message, peak_rss_mb, limit_mb)
 
 
+def timeout_warning(key: str, name: str, limit: float) -> str:
+    """With ``limits="warn"``: the task has run longer than ``per_job_timeout`` and goes on."""
+    return (
+        f"task {name!r} has run longer than per_job_timeout={limit} s; limits='warn': it keeps "
+        f"running (key {key})"
+    )
+
+
+def memory_warning(key: str, name: str, rss_mb: float, limit_mb: float) -> str:
+    """With ``limits="warn"``: the task's worker went over ``max_ram_per_worker`` and goes on."""
+    return (
+        f"task {name!r} made its worker use {rss_mb:,.0f} MB, over max_ram_per_worker="
+        f"{limit_mb:,} MB; limits='warn': the task keeps running (key {key})"
+    )
+
+
 def stall_error(key: str, name: str, limit: float, *, running: bool = True) -> TaskError:
     """Nothing finished for ``task_timeout``, twice, while the task was running (a pool) or
     waited for (dask: the caller does not know whether it runs)."""

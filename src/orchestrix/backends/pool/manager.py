@@ -39,6 +39,7 @@ from ...worker.transfer import create_dump_dir, dumps_work, materialize
 from ..base import Backend, Recorder, Sink, Started, worker_settings
 from . import policy, processes
 from .ledger import Job, Ledger
+from .limits import TaskLimits
 from .policy import MAX_STARTUP_FAILURES, Cause, Verdict
 from .processes import StopReason, Worker, interruption_error
 from .protocol import BatchWork, JobResult, JobStatus, ResultWindow, RunBatch, StartFailed
@@ -47,7 +48,6 @@ __all__ = ["MultiprocessingBackend"]
 
 logger = logging.getLogger("orchestrix")
 
-MEMORY_SAMPLE_SECONDS = 0.1
 #: how long to wait before trying again to start a worker that could not be started
 RESPAWN_DELAY_SECONDS = 0.2
 #: how long ``close`` waits for the manager to stop the workers (it needs about 2 s at most)
@@ -84,7 +84,7 @@ class MultiprocessingBackend(Backend):
         self._handles: dict[int, tuple[_Handle, Worker | None]] = {}
         self._mean_seconds: float | None = None
         self._last_completion = time.monotonic()
-        self._next_memory_sample = 0.0
+        self._limits = TaskLimits(config)
         self._startup = policy.StartupWatch(MAX_STARTUP_FAILURES)
         self._respawns: list[float] = []  # when to try again to start workers that could not
         self._wake_read, self._wake_write = os.pipe()
@@ -433,15 +433,10 @@ class MultiprocessingBackend(Backend):
     # -- deadlines ----------------------------------------------------------------------------
 
     def _seconds_to_next_deadline(self) -> float | None:
-        deadlines = []
-        busy = [w for w in self._workers if w.outstanding and w.stopping is None]
-        timeout = self.config.per_job_timeout
-        if timeout is not None:
-            deadlines += [w.last_progress + timeout for w in busy]
+        busy = self._busy()
+        deadlines = self._limits.deadlines(busy)
         if self.config.task_timeout is not None and (busy or self._ledger.pending):
             deadlines.append(self._last_completion + self.config.task_timeout)
-        if busy:
-            deadlines.append(self._next_memory_sample)
         deadlines += self._respawns
         if not deadlines:
             return None
@@ -449,21 +444,15 @@ class MultiprocessingBackend(Backend):
 
     def _enforce_deadlines(self) -> None:
         now = time.monotonic()
-        busy = [w for w in self._workers if w.outstanding and w.stopping is None]
-        timeout = self.config.per_job_timeout
-        for worker in busy:
-            if timeout is not None and now - worker.last_progress > timeout:
-                worker.kill(StopReason.TIMEOUT)
-        if now >= self._next_memory_sample:
-            self._next_memory_sample = now + MEMORY_SAMPLE_SECONDS
-            limit = self.config.max_ram_per_worker
-            for worker in busy:
-                if worker.stopping is None and worker.sample_memory_mb() > limit:
-                    worker.kill(StopReason.MEMORY)
+        busy = self._busy()
+        self._limits.enforce(busy, now)
         stall_limit = self.config.task_timeout
         stalled = stall_limit is not None and now - self._last_completion > stall_limit
         if stalled and (busy or self._ledger.pending):
             self._restart_stalled_pool(busy, now)
+
+    def _busy(self) -> list[Worker]:
+        return [w for w in self._workers if w.outstanding and w.stopping is None]
 
     def _restart_stalled_pool(self, busy: list[Worker], now: float) -> None:
         logger.warning(

@@ -69,6 +69,9 @@ class Worker:
         self.exitcode: int | None = None  # known once it has ended
         self.start_error: str | None = None  # the traceback it sent if it could not start
         self.peak_rss_mb = 0.0
+        # limits="warn": the last_progress whose timeout was warned about, the job whose memory
+        self.timed_out: float | None = None
+        self.memory_warned: int | None = None
         self.name = worker_name(self.pid)  # as the worker names itself
 
     def send_stop(self) -> None:
@@ -85,6 +88,13 @@ class Worker:
         rss = private_rss_mb(self.pid)
         self.peak_rss_mb = max(self.peak_rss_mb, rss)
         return rss
+
+    def running_job(self) -> Any:
+        """The job it runs now as the shared counter says; between jobs, the next one."""
+        index = self.started.value - self.done - 1
+        if 0 <= index < len(self.outstanding):
+            return self.outstanding[index]
+        return self.outstanding[0] if self.outstanding else None
 
     def split_outstanding(self) -> tuple[list[Any], Any, list[Any]]:
         """After the worker ended: (jobs it finished but whose results were lost with it, the job
