@@ -12,14 +12,15 @@ from pathlib import Path
 import orchestrix
 
 SOURCE = Path(orchestrix.__file__).parent
-PURE = {"errors", "failures", "records", "atomic", "runcontext", "config", "sizing"}
+PURE = {"errors", "failures", "records", "atomic", "runcontext", "config", "checks", "sizing"}
 #: part -> the parts it may import; a part not listed here may import nothing of orchestrix
 ALLOWED = {
     "errors": set(),
     "records": set(),
     "failures": {"errors"},
     "atomic": {"errors"},
-    "config": {"errors"},
+    "checks": set(),
+    "config": {"errors", "checks"},
     "sizing": {"errors"},
     "graph": {"errors"},
     "worker": {"graph"} | PURE,
