@@ -99,3 +99,16 @@ def test_a_dask_task_past_per_job_timeout_warns_and_finishes():
             assert within(DEADLINE, orch.compute, inc(1)) == 2  # the same worker, not restarted
     assert len(seen.messages) == 1, seen.messages
     assert "'sleep_for'" in seen.messages[0] and slow.key in seen.messages[0]
+
+
+@dask_only
+def test_a_dask_worker_over_max_ram_per_worker_warns_and_is_not_terminated(tmp_path):
+    log = str(tmp_path / "attempts")
+    with warnings_with("max_ram_per_worker=300") as seen:
+        options = {"max_ram_per_worker": 300, "retries": 2, "limits": "warn"}
+        with guarded(mode="local_dask", nb_workers=1, **options) as orch:
+            # dask's nanny terminates a worker at 95% of its memory limit: not with warn
+            assert within(DEADLINE, orch.compute, allocate(600, log)) == 1.0
+            assert seen.seen.wait(DEADLINE)
+    assert len(recorded(log)) == 1  # ran once: its worker was not terminated
+    assert "'allocate'" in seen.messages[0] and "keeps running" in seen.messages[0]

@@ -36,6 +36,7 @@ from .guard import check_main_guard
 from .tasks import (
     START_TOPIC,
     TASK_TOPIC,
+    WARNING_TOPIC,
     CompletionCounter,
     Label,
     MemoryLogger,
@@ -96,6 +97,8 @@ class DaskBackend(Backend):
             logger.warning("orchestrix: dask dashboard at %s", self.dashboard_link)
         self.client.subscribe_topic(TASK_TOPIC, self._on_unit_event)
         self.client.subscribe_topic(START_TOPIC, self._on_start_event)
+        if self.config.limits == "warn":
+            self.client.subscribe_topic(WARNING_TOPIC, _log_warning)
         plugin = ObserverPlugin(worker_settings(self.config))
         self.client.register_plugin(plugin, name=ObserverPlugin.name)
         if self.config.use_memory_logger and self.config.out_dir:
@@ -145,7 +148,11 @@ class DaskBackend(Backend):
                 "distributed.worker.memory.target": False,
                 "distributed.worker.memory.spill": False,
             }
-        return {"distributed.scheduler.allowed-failures": self.config.retries, **spill}
+        return {
+            "distributed.scheduler.allowed-failures": self.config.retries,
+            **spill,
+            **limit_settings(self.config),
+        }
 
     @property
     def dashboard_link(self) -> str | None:
@@ -174,6 +181,8 @@ class DaskBackend(Backend):
         try:
             self.client.unsubscribe_topic(TASK_TOPIC)
             self.client.unsubscribe_topic(START_TOPIC)
+            if self.config.limits == "warn":
+                self.client.unsubscribe_topic(WARNING_TOPIC)
             self.client.unregister_worker_plugin(ObserverPlugin.name)
         except Exception as exc:  # noqa: BLE001 - a scheduler already gone
             logger.warning("orchestrix: could not remove the worker plugin: %s", exc)
@@ -225,7 +234,8 @@ class DaskBackend(Backend):
             raise  # the user's Ctrl-C, not the task's fault
         except BaseException as exc:  # noqa: BLE001 - whatever a __reduce__ raises
             return (fail_unit_task, _unpicklable(unit, exc))
-        return (run_unit_task, label, payload, self.config.per_job_timeout, ship)
+        warn = self.config.limits == "warn"
+        return (run_unit_task, label, payload, self.config.per_job_timeout, ship, warn)
 
     def _watch(self, pairs: list[tuple[WorkUnit, Any]], sink: Sink) -> int:
         job = next(self._ids)
@@ -287,6 +297,11 @@ class DaskBackend(Backend):
         run = UnitRun(_labelled(report.key, report.labels), report.started, report.walls,
                       report.ok, report.growth_mb)  # fmt: skip
         self.monitor.record_units(report.worker, report.cpu_per_wall, report.peak_rss_mb, [run])
+        limit = self.config.max_ram_per_worker
+        peak = report.peak_rss_mb
+        if self.config.limits == "warn" and peak is not None and peak > limit:
+            name = report.labels[-1][1]  # the unit's name: its last task's
+            _log_warning((0.0, failures.memory_warning(report.key, name, peak, limit)))
 
     def _on_start_event(self, event: tuple[float, Any]) -> None:
         """A worker starts a unit (a dask event, in the client's event loop)."""
@@ -366,6 +381,20 @@ class DaskBackend(Backend):
             self.client.cancel([future for future, _, _ in entries])
         for _, unit, sink in entries:
             sink(UnitOutcome(unit, failure=error_for(unit)))
+
+
+def limit_settings(config: Any) -> dict[str, Any]:
+    """With ``limits="warn"`` the workers' memory limit kills nothing: dask's nanny would
+    terminate a worker at 95% of it, and a worker would stop taking tasks at 80% (a task that
+    keeps its memory would hold its worker paused for ever). Spilling still follows it."""
+    if config.limits != "warn":
+        return {}
+    return {"distributed.worker.memory.terminate": False, "distributed.worker.memory.pause": False}
+
+
+def _log_warning(event: tuple[float, Any]) -> None:
+    """A warning of ``limits="warn"`` (a dask event ``(time, message)`` from a worker)."""
+    logger.warning("orchestrix: %s", event[1])
 
 
 def _stall_error(limit: float, unit: WorkUnit) -> TaskError:

@@ -4,9 +4,10 @@ One manager thread in the caller's process does all the pool's work: it starts t
 them jobs in batches, reads results as they come, and waits on the workers' sockets and exit
 handles together, so a worker that dies is seen at once. It never blocks on a worker: its socket
 ends are non-blocking (see :mod:`.protocol`). The waits end early only for the deadlines it
-enforces: ``per_job_timeout`` (the worker running a job too long is killed), ``task_timeout`` (the
-stall watchdog) and the sampling of the workers' memory against ``max_ram_per_worker``. The
-caller's threads only queue jobs and receive outcomes.
+enforces (:mod:`.deadlines`): ``per_job_timeout`` (the worker running a job too long is killed, or
+with ``limits="warn"`` warned about), ``task_timeout`` (the stall watchdog) and the sampling of the
+workers' memory against ``max_ram_per_worker``. The caller's threads only queue jobs and receive
+outcomes.
 
 Every job not yet reported is in one ledger (:mod:`.ledger`), which reports each exactly once
 whichever way it ends; the rules that get tuned (batch sizes, retry or fail per cause, when to
@@ -38,8 +39,8 @@ from ...worker.execute import UnitOutcome
 from ...worker.transfer import create_dump_dir, dumps_work, materialize
 from ..base import Backend, Recorder, Sink, Started, worker_settings
 from . import policy, processes
+from .deadlines import Deadlines
 from .ledger import Job, Ledger
-from .limits import TaskLimits
 from .policy import MAX_STARTUP_FAILURES, Cause, Verdict
 from .processes import StopReason, Worker, interruption_error
 from .protocol import BatchWork, JobResult, JobStatus, ResultWindow, RunBatch, StartFailed
@@ -83,8 +84,7 @@ class MultiprocessingBackend(Backend):
         self._poll = select.poll()
         self._handles: dict[int, tuple[_Handle, Worker | None]] = {}
         self._mean_seconds: float | None = None
-        self._last_completion = time.monotonic()
-        self._limits = TaskLimits(config)
+        self._deadlines = Deadlines(config)
         self._startup = policy.StartupWatch(MAX_STARTUP_FAILURES)
         self._respawns: list[float] = []  # when to try again to start workers that could not
         self._wake_read, self._wake_write = os.pipe()
@@ -307,7 +307,7 @@ class MultiprocessingBackend(Backend):
             return
         now = time.monotonic()
         if not any(w.outstanding for w in self._workers):
-            self._last_completion = now  # the stall clock starts when work starts
+            self._deadlines.last_completion = now  # the stall clock starts when work starts
         if not worker.outstanding:
             worker.last_progress = now
         worker.outstanding.extend(jobs)
@@ -349,7 +349,7 @@ class MultiprocessingBackend(Backend):
 
     def _receive(self, worker: Worker, window: ResultWindow) -> None:
         now = time.monotonic()
-        worker.last_progress = self._last_completion = now
+        worker.last_progress = self._deadlines.last_completion = now
         results = window.results
         window_wall = sum(sum(result.walls) for result in results)
         ran: list[UnitRun] = []
@@ -433,37 +433,17 @@ class MultiprocessingBackend(Backend):
     # -- deadlines ----------------------------------------------------------------------------
 
     def _seconds_to_next_deadline(self) -> float | None:
-        busy = self._busy()
-        deadlines = self._limits.deadlines(busy)
-        if self.config.task_timeout is not None and (busy or self._ledger.pending):
-            deadlines.append(self._last_completion + self.config.task_timeout)
+        deadlines = self._deadlines.next(self._busy(), bool(self._ledger.pending))
         deadlines += self._respawns
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - time.monotonic())
 
     def _enforce_deadlines(self) -> None:
-        now = time.monotonic()
-        busy = self._busy()
-        self._limits.enforce(busy, now)
-        stall_limit = self.config.task_timeout
-        stalled = stall_limit is not None and now - self._last_completion > stall_limit
-        if stalled and (busy or self._ledger.pending):
-            self._restart_stalled_pool(busy, now)
+        self._deadlines.enforce(self._busy(), bool(self._ledger.pending), time.monotonic())
 
     def _busy(self) -> list[Worker]:
         return [w for w in self._workers if w.outstanding and w.stopping is None]
-
-    def _restart_stalled_pool(self, busy: list[Worker], now: float) -> None:
-        logger.warning(
-            "orchestrix: no task finished for task_timeout=%s s; restarting the pool",
-            self.config.task_timeout,
-        )
-        for worker in busy:
-            if worker.outstanding:
-                worker.outstanding[0].stalls += 1
-            worker.kill(StopReason.STALL)
-        self._last_completion = now
 
     # -- reporting: every job leaves the ledger through _settle ----------------------------------
 
