@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import pickle
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -388,6 +389,15 @@ def unimportable_task(name: str, exc: BaseException) -> RuntimeError:
         f"a worker could not load task {name!r}: {_describe(exc)}; {what} must be importable "
         "on the workers (install it there or put its directory on PYTHONPATH)"
     )
+
+
+def preload_error(modules: Sequence[str], exc: BaseException) -> str:
+    """A worker could not import the ``preload`` module of ``modules`` that raised ``exc`` (a
+    missing module names itself; ``modules`` are the candidates when it cannot be told)."""
+    missing = exc.name if isinstance(exc, ImportError) else None
+    named = [module for module in modules if module == missing] or list(modules)
+    what = f"module {named[0]!r}" if len(named) == 1 else f"one of the modules {named}"
+    return f"key 'preload': {what} could not be imported in a worker: {_describe(exc)}"
 
 
 def unsendable_task(name: str, exc: BaseException, key: str | None = None) -> pickle.PicklingError:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ... import failures
-from ...errors import TaskError
+from ...errors import ConfigError, TaskError
 from ...failures import Failure, TaskFailure, portable_failure
 from ...graph.factorize import WorkUnit
 from ...records import LabelledTask, LabelledUnit, UnitRun
@@ -123,18 +123,26 @@ class DaskBackend(Backend):
         from distributed import LocalCluster
 
         check_main_guard()  # before its workers re-run the script: one line, not hundreds
-        return LocalCluster(
-            n_workers=self.config.nb_workers,
-            threads_per_worker=self.config.threads_per_worker,
-            processes=True,
-            host="127.0.0.1",
-            # The scheduler's HTTP server (health, metrics) always runs: keep it on localhost,
-            # on a free port; the dashboard pages are only served when asked for.
-            dashboard_address="127.0.0.1:0",
-            scheduler_kwargs={"dashboard": self.config.activate_dashboard},
-            memory_limit=f"{self.config.max_ram_per_worker}MiB",
-            silence_logs=logging.CRITICAL,  # orchestrix reports task errors itself
-        )
+        try:
+            return LocalCluster(
+                n_workers=self.config.nb_workers,
+                threads_per_worker=self.config.threads_per_worker,
+                processes=True,
+                host="127.0.0.1",
+                # The scheduler's HTTP server (health, metrics) always runs: keep it on
+                # localhost, on a free port; the dashboard pages are only served when asked for.
+                dashboard_address="127.0.0.1:0",
+                scheduler_kwargs={"dashboard": self.config.activate_dashboard},
+                memory_limit=f"{self.config.max_ram_per_worker}MiB",
+                # each worker process imports them as it starts (a nanny's restart too)
+                preload=list(self.config.preload),
+                silence_logs=logging.CRITICAL,  # orchestrix reports task errors itself
+            )
+        except RuntimeError as exc:  # distributed's "Nanny failed to start"
+            failure = _preload_failure(self.config.preload, exc)
+            if failure is None:
+                raise
+            raise failure from exc.__cause__
 
     def security(self) -> Any:
         return None  # local_dask listens on 127.0.0.1 only
@@ -381,6 +389,15 @@ class DaskBackend(Backend):
             self.client.cancel([future for future, _, _ in entries])
         for _, unit, sink in entries:
             sink(UnitOutcome(unit, failure=error_for(unit)))
+
+
+def _preload_failure(preload: tuple[str, ...], exc: BaseException) -> ConfigError | None:
+    """The error of a cluster whose workers could not start because of a ``preload`` module:
+    distributed's "Nanny failed to start", caused by what the worker's import raised."""
+    cause = exc.__cause__
+    if not preload or cause is None or "Nanny failed to start" not in str(exc):
+        return None
+    return ConfigError(failures.preload_error(preload, cause))
 
 
 def limit_settings(config: Any) -> dict[str, Any]:

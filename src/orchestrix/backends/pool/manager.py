@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ... import failures
-from ...errors import OrchestrixError, TaskError
+from ...errors import ConfigError, OrchestrixError, TaskError
 from ...failures import TaskFailure
 from ...graph.factorize import WorkUnit
 from ...records import UnitRun
@@ -38,7 +38,7 @@ from ...runcontext import in_this_run
 from ...worker.execute import UnitOutcome
 from ...worker.transfer import create_dump_dir, dumps_work, materialize
 from ..base import Backend, Recorder, Sink, Started, worker_settings
-from . import policy, processes
+from . import policy, processes, protocol
 from .deadlines import Deadlines
 from .ledger import Job, Ledger
 from .policy import MAX_STARTUP_FAILURES, Cause, Verdict
@@ -92,6 +92,8 @@ class MultiprocessingBackend(Backend):
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
         self._start_error: BaseException | None = None
+        self._preloaded = threading.Event()  # a first worker imported the preload modules, or not
+        self._preload_failure: str | None = None
         self._launcher: processes.Launcher | None = None
         self.dump_dir: str | None = None
 
@@ -102,7 +104,9 @@ class MultiprocessingBackend(Backend):
             needed = int(self.nb_workers * self.config.max_ram_per_worker * 2**20)
             self.dump_dir = create_dump_dir(self.config.dump_dir, self.config.out_dir, needed)
         settings = worker_settings(self.config)
-        self._launcher = processes.Launcher(self.config.mp_mode, self.dump_dir, settings)
+        self._launcher = processes.Launcher(
+            self.config.mp_mode, self.dump_dir, settings, self.config.preload
+        )
         self._register(self._wake_read, _WAKE, None)
         # The manager thread starts the workers: each dies with the thread that started it (the
         # parent-death signal), so that must be a thread that lives as long as the pool.
@@ -113,6 +117,10 @@ class MultiprocessingBackend(Backend):
         self._started.wait()
         if self._start_error is not None:
             raise self._start_error
+        if self.config.preload:
+            self._preloaded.wait()  # a module that cannot be imported fails the start, here
+            if self._preload_failure is not None:
+                raise ConfigError(self._preload_failure)
 
     def capacity(self) -> int:
         return self.nb_workers * (2 * self._batch_size() + 1)
@@ -185,6 +193,7 @@ class MultiprocessingBackend(Backend):
             message = f"the worker pool's manager failed: {type(exc).__name__}: {exc}"
             self._ledger.break_down(message, _failing_with(message))
         finally:
+            self._preloaded.set()  # the start waits no more: the pool is broken or closing
             processes.stop_all(self._workers)  # in this thread: see above
             self._workers = []
 
@@ -274,8 +283,18 @@ class MultiprocessingBackend(Backend):
                 self._receive(worker, message)
             elif isinstance(message, StartFailed):
                 worker.start_error = message.traceback_text
+            elif isinstance(message, protocol.Preloaded):
+                self._on_preloaded(message.failure)
             else:
                 raise OrchestrixError(f"unexpected message from worker {worker.pid}: {message!r}")
+
+    def _on_preloaded(self, failure: str | None) -> None:
+        """A worker imported the preload modules, or could not: the pool cannot run its tasks
+        then, and says why at once rather than start worker after worker."""
+        if failure is not None and self._ledger.broken is None:
+            self._preload_failure = failure
+            self._ledger.break_down(failure, _failing_with(failure))
+        self._preloaded.set()
 
     # -- sending work -------------------------------------------------------------------------
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import json
+import logging
 import multiprocessing
 import multiprocessing.forkserver
 import os
@@ -18,6 +20,7 @@ from typing import Any
 from ... import failures
 from ...errors import TaskError
 from ...worker.observe import WorkerSettings, worker_name
+from . import warmup
 from .child import worker_main
 from .policy import Cause
 from .protocol import Channel, Stop
@@ -30,12 +33,15 @@ __all__ = [
     "stop_all",
 ]
 
+logger = logging.getLogger("orchestrix")
+
 #: seconds a worker gets to exit after SIGTERM before SIGKILL
 TERMINATE_GRACE_SECONDS = 1.0
 
 _forkserver_users = 0  # live pools that rely on a forkserver orchestrix started
 _forkserver_lock = threading.Lock()
 _forkserver_ours = False
+_forkserver_preload: tuple[str, ...] = ()  # the preload modules of the forkserver we started
 
 
 class StopReason(enum.Enum):
@@ -139,15 +145,22 @@ def _exit_handle(process: Any) -> int:
 class Launcher:
     """Starts workers with the configured start method."""
 
-    def __init__(self, mp_mode: str, dump_dir: str | None, settings: WorkerSettings) -> None:
+    def __init__(
+        self,
+        mp_mode: str,
+        dump_dir: str | None,
+        settings: WorkerSettings,
+        preload: tuple[str, ...] = (),
+    ) -> None:
         self.method = _usable_start_method(mp_mode)
         self.context: Any = multiprocessing.get_context(self.method)
         self.dump_dir = dump_dir
         self.settings = settings
+        self.preload = preload
         self._uses_forkserver = False
         if self.method == "forkserver":
             self._uses_forkserver = True
-            _acquire_forkserver(self.context)
+            _acquire_forkserver(self.context, preload)
 
     def spawn(self) -> Worker:
         parent_end, child_end = socket.socketpair()
@@ -155,7 +168,7 @@ class Launcher:
             started = self.context.RawValue("q", 0)
             process = self.context.Process(
                 target=worker_main,
-                args=(child_end, self.dump_dir, started, self.settings, os.getpid()),
+                args=(child_end, self.dump_dir, started, self.settings, os.getpid(), self.preload),
                 name="orchestrix-worker",
                 daemon=True,
             )
@@ -259,19 +272,57 @@ def _usable_start_method(mp_mode: str) -> str:
     return "spawn"
 
 
-def _acquire_forkserver(context: Any) -> None:
-    """Preload orchestrix (and numpy when the caller uses it) in the forkserver, so that each
-    worker starts as a fork of a warm process; remember whether orchestrix started it."""
-    global _forkserver_users, _forkserver_ours
+def _acquire_forkserver(context: Any, preload: tuple[str, ...]) -> None:
+    """Start the forkserver with orchestrix (and numpy when the caller uses it) and ``preload``
+    imported, so that each worker starts as a fork of a warm process; remember whether
+    orchestrix started it.
+
+    The forkserver is the process's, shared by every pool, and started once: it is stopped when
+    the last pool that uses it closes (if orchestrix started it), and the next pool starts it
+    again with its own modules. A pool that opens while it runs and wants modules it lacks is
+    not given a new one (its workers are the forkserver's children, and would die with it):
+    its workers import those modules as they start, each replacement again."""
+    global _forkserver_users, _forkserver_ours, _forkserver_preload
     with _forkserver_lock:
         server: Any = multiprocessing.forkserver._forkserver
         if _forkserver_users == 0 and server._forkserver_pid is None:
-            preload = [worker_main.__module__]
+            modules = [worker_main.__module__]
             if "numpy" in sys.modules:
-                preload.append("numpy")
-            context.set_forkserver_preload(preload)
-            _forkserver_ours = True
+                modules.append("numpy")
+            if preload:
+                modules.append(warmup.__name__)
+            context.set_forkserver_preload(modules)
+            with _preload_listed(preload):
+                server.ensure_running()
+            _forkserver_ours, _forkserver_preload = True, preload
+        else:
+            _note_missing(preload)
         _forkserver_users += 1
+
+
+@contextlib.contextmanager
+def _preload_listed(preload: tuple[str, ...]) -> Iterator[None]:
+    """The environment variable that tells :mod:`.warmup` what to import, while the forkserver
+    starts (it inherits the environment then); the caller's environment is left as it was."""
+    if not preload:
+        yield
+        return
+    os.environ[warmup.ENV] = json.dumps({"modules": list(preload), "sys_path": sys.path})
+    try:
+        yield
+    finally:
+        os.environ.pop(warmup.ENV, None)
+
+
+def _note_missing(preload: tuple[str, ...]) -> None:
+    """Say which preload modules the running forkserver lacks: each worker pays for them."""
+    missing = [name for name in preload if not _forkserver_ours or name not in _forkserver_preload]
+    if missing:
+        logger.warning(
+            "orchestrix: the forkserver was started before this orchestrator without the preload "
+            "modules %s; each worker imports them as it starts",
+            ", ".join(missing),
+        )
 
 
 def _release_forkserver() -> None:
