@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import pickle
 import signal
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -391,7 +390,7 @@ def unimportable_task(name: str, exc: BaseException) -> RuntimeError:
     )
 
 
-def preload_error(modules: Sequence[str], exc: BaseException) -> str:
+def preload_error(modules: list[str] | tuple[str, ...], exc: BaseException) -> str:
     """A worker could not import the ``preload`` module of ``modules`` that raised ``exc`` (a
     missing module names itself; ``modules`` are the candidates when it cannot be told)."""
     missing = exc.name if isinstance(exc, ImportError) else None
