@@ -114,3 +114,16 @@ def test_a_missing_module_fails_the_dask_start_naming_it():
     options = {"preload": ["ox_no_such_module"]}
     with pytest.raises(ox.ConfigError, match=r"'ox_no_such_module'.*ModuleNotFoundError"):
         within(DEADLINE, ox.Orchestrator, mode="local_dask", nb_workers=1, **options)
+
+
+@pool_only
+def test_a_job_clock_starts_after_its_worker_has_imported_the_modules(tmp_path, monkeypatch):
+    # A module slower to import than per_job_timeout: each replacement worker imports it again
+    # (spawn), and its job must not be sent, nor timed, until it has.
+    name = f"ox_slow_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text("import time\ntime.sleep(2)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    options = {"mp_mode": "spawn", "max_tasks_per_worker": 1, "per_job_timeout": 1, "retries": 0}
+    with guarded(mode="multiprocessing", nb_workers=1, preload=[name], **options) as orch:
+        results = _run_each_in_a_new_worker(orch, name, count=3)
+    assert all(imported for _, imported in results) and len({pid for pid, _ in results}) == 3

@@ -284,13 +284,14 @@ class MultiprocessingBackend(Backend):
             elif isinstance(message, StartFailed):
                 worker.start_error = message.traceback_text
             elif isinstance(message, protocol.Preloaded):
-                self._on_preloaded(message.failure)
+                self._on_preloaded(worker, message.failure)
             else:
                 raise OrchestrixError(f"unexpected message from worker {worker.pid}: {message!r}")
 
-    def _on_preloaded(self, failure: str | None) -> None:
+    def _on_preloaded(self, worker: Worker, failure: str | None) -> None:
         """A worker imported the preload modules, or could not: the pool cannot run its tasks
         then, and says why at once rather than start worker after worker."""
+        worker.ready = failure is None
         if failure is not None and self._ledger.broken is None:
             self._preload_failure = failure
             self._ledger.break_down(failure, _failing_with(failure))
@@ -303,7 +304,7 @@ class MultiprocessingBackend(Backend):
         for worker in list(self._workers):
             if not self._ledger.pending:
                 return
-            if worker.stopping or not self._has_room(worker, batch_size):
+            if worker.stopping or not worker.ready or not self._has_room(worker, batch_size):
                 continue
             jobs = self._take_jobs(worker, batch_size)
             if jobs:

@@ -74,6 +74,8 @@ class Worker:
         self.stopping: StopReason | None = None
         self.exitcode: int | None = None  # known once it has ended
         self.start_error: str | None = None  # the traceback it sent if it could not start
+        # False until it has imported the preload modules: a job's clock must not count them
+        self.ready = True
         self.peak_rss_mb = 0.0
         # limits="warn": the last_progress whose timeout was warned about, the job whose memory
         self.timed_out: float | None = None
@@ -179,7 +181,9 @@ class Launcher:
             raise
         finally:
             child_end.close()
-        return Worker(process, Channel(parent_end), started)
+        worker = Worker(process, Channel(parent_end), started)
+        worker.ready = not self.preload
+        return worker
 
     def close(self) -> None:
         if self._uses_forkserver:
