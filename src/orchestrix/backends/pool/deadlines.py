@@ -79,7 +79,7 @@ class Deadlines:
         if now >= self.next_sample:
             self.next_sample = now + MEMORY_SAMPLE_SECONDS
             for worker in busy:
-                if worker.stopping is not None:
+                if not worker.watched:
                     continue  # killed for its time just now
                 rss = worker.sample_memory_mb()  # its peak is recorded in both modes
                 if rss > self.memory_mb:

@@ -357,6 +357,7 @@ class MultiprocessingBackend(Backend):
         limit = self.config.max_tasks_per_worker
         if limit is not None and worker.done + len(worker.outstanding) >= limit:
             worker.stopping = StopReason.RETIRE  # no more jobs; it stops once its own are done
+            worker.replaced = True
             if not worker.outstanding:
                 worker.send_stop()
                 self._watch_output(worker)
@@ -423,8 +424,8 @@ class MultiprocessingBackend(Backend):
         self._ledger.requeue(lost + waiting)  # not at fault: first in line, using no attempt
         if running is not None:
             self._handle_interrupted(worker, running)
-        if reason is StopReason.RETIRE or self._ledger.closed:
-            return
+        if worker.replaced or self._ledger.closed:
+            return  # killed while retiring too: its replacement runs already
         if self._startup.worker_ended(worker.started.value > 0, reason is not None):
             code = worker.exitcode
             message = failures.startup_crash_message(code, worker.pid, worker.start_error)
@@ -436,7 +437,8 @@ class MultiprocessingBackend(Backend):
         self._spawn_replacement()
 
     def _handle_interrupted(self, worker: Worker, job: Job) -> None:
-        cause = Cause.CRASH if worker.stopping is None else Cause(worker.stopping.value)
+        stopping = worker.stopping
+        cause = Cause.CRASH if stopping in (None, StopReason.RETIRE) else Cause(stopping.value)
         if cause in (Cause.CRASH, Cause.TIMEOUT):
             job.attempts += 1
         retries = self.config.retries
@@ -463,7 +465,7 @@ class MultiprocessingBackend(Backend):
         self._deadlines.enforce(self._busy(), bool(self._ledger.pending), time.monotonic())
 
     def _busy(self) -> list[Worker]:
-        return [w for w in self._workers if w.outstanding and w.stopping is None]
+        return [w for w in self._workers if w.watched]
 
     # -- reporting: every job leaves the ledger through _settle ----------------------------------
 

@@ -72,6 +72,7 @@ class Worker:
         self.last_progress = 0.0  # when its running job started, at the latest
         self.done = 0
         self.stopping: StopReason | None = None
+        self.replaced = False  # retiring: its replacement is started already
         self.exitcode: int | None = None  # known once it has ended
         self.start_error: str | None = None  # the traceback it sent if it could not start
         # False until it has imported the preload modules: a job's clock must not count them
@@ -81,6 +82,12 @@ class Worker:
         self.timed_out: float | None = None
         self.memory_warned: int | None = None
         self.name = worker_name(self.pid)  # as the worker names itself
+
+    @property
+    def watched(self) -> bool:
+        """Whether its jobs are timed and its memory sampled: it runs jobs and the pool did not
+        stop it (a retiring worker still runs its last ones)."""
+        return bool(self.outstanding) and self.stopping in (None, StopReason.RETIRE)
 
     def send_stop(self) -> None:
         self.channel.send(Stop())
