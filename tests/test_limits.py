@@ -17,7 +17,7 @@ import pytest
 import orchestrix as ox
 from deadline import DEADLINE, guarded, within
 from orchestrix.backends import AVAILABLE
-from tasks import allocate, inc, recorded, sleep_for
+from tasks import allocate, inc, recorded, sleep_for, worker_pid
 
 pool_only = pytest.mark.skipif("multiprocessing" not in AVAILABLE, reason="no multiprocessing")
 dask_only = pytest.mark.skipif("local_dask" not in AVAILABLE, reason="no local_dask backend")
@@ -93,10 +93,11 @@ def test_a_dask_task_past_per_job_timeout_warns_and_finishes():
     with warnings_with("per_job_timeout=0.5") as seen:
         options = {"per_job_timeout": 0.5, "retries": 0, "limits": "warn"}
         with guarded(mode="local_dask", nb_workers=1, **options) as orch:
+            pid = within(DEADLINE, orch.submit(worker_pid).result)
             slow = sleep_for(2, "done")
             assert within(DEADLINE, orch.compute, slow) == "done"
             assert seen.seen.wait(DEADLINE)
-            assert within(DEADLINE, orch.compute, inc(1)) == 2  # the same worker, not restarted
+            assert within(DEADLINE, orch.submit(worker_pid).result) == pid  # not restarted
     assert len(seen.messages) == 1, seen.messages
     assert "'sleep_for'" in seen.messages[0] and slow.key in seen.messages[0]
 

@@ -8,7 +8,8 @@ Semantics follow the multiprocessing mode: ``per_job_timeout`` fails the task wi
 ``TaskTimeoutError`` and restarts the worker that ran it; a worker that dies is replaced by its
 nanny and its tasks rescheduled up to ``retries`` times (dask's ``allowed-failures``), then
 ``WorkerCrashedError``; ``task_timeout`` is the stall watchdog; ``dump_to_disk`` is dask's spilling
-of worker memory to disk; a raising task is not retried.
+of worker memory to disk; a raising task is not retried. With ``limits="warn"`` a task past
+``per_job_timeout`` and a worker over its memory limit are warned about and left running.
 """
 
 from __future__ import annotations

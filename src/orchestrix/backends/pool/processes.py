@@ -318,7 +318,9 @@ def _preload_listed(preload: tuple[str, ...]) -> Iterator[None]:
     if not preload:
         yield
         return
-    os.environ[warmup.ENV] = json.dumps({"modules": list(preload), "sys_path": sys.path})
+    os.environ[warmup.ENV] = json.dumps(
+        {"modules": list(preload), "sys_path": list(map(str, sys.path))}
+    )
     try:
         yield
     finally:
