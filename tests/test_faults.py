@@ -19,6 +19,7 @@ import orchestrix as ox
 from tasks import (
     add,
     allocate,
+    count_running,
     crash_once,
     exit_with,
     inc,
@@ -149,6 +150,13 @@ def test_the_last_job_of_a_retiring_worker_is_timed_and_its_crash_retried(tmp_pa
         assert orch.compute(inc(1)) == 2
         live = [w for w in list(orch._backend._workers) if not w.replaced]
         assert len(live) == 2  # one replacement per worker, not two
+
+
+def test_recycling_runs_no_more_than_nb_workers_tasks_at_a_time(tmp_path):
+    # A replacement starts while the worker it replaces runs its last job, and waits for it.
+    with pool(max_tasks_per_worker=1) as orch:
+        futures = [orch.submit(count_running, str(tmp_path)) for _ in range(8)]
+        assert max(future.result(timeout=60) for future in futures) <= 2
 
 
 def test_unpicklable_argument_and_result_fail_only_their_task():

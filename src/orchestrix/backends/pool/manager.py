@@ -301,13 +301,19 @@ class MultiprocessingBackend(Backend):
 
     def _dispatch(self) -> None:
         batch_size = self._batch_size()
+        # A retiring worker runs its last jobs while its replacement starts: the replacement
+        # waits for them, so that no more than nb_workers processes run jobs (and use memory).
+        running = sum(1 for w in self._workers if w.outstanding)
         for worker in list(self._workers):
             if not self._ledger.pending:
                 return
             if worker.stopping or not worker.ready or not self._has_room(worker, batch_size):
                 continue
+            if not worker.outstanding and running >= self.nb_workers:
+                continue
             jobs = self._take_jobs(worker, batch_size)
             if jobs:
+                running += not worker.outstanding
                 self._send(worker, jobs)
             self._retire_if_due(worker)
 
