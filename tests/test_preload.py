@@ -127,3 +127,13 @@ def test_a_job_clock_starts_after_its_worker_has_imported_the_modules(tmp_path, 
     with guarded(mode="multiprocessing", nb_workers=1, preload=[name], **options) as orch:
         results = _run_each_in_a_new_worker(orch, name, count=3)
     assert all(imported for _, imported in results) and len({pid for pid, _ in results}) == 3
+
+
+@pool_only
+def test_a_module_that_kills_its_worker_fails_the_start(tmp_path, monkeypatch):
+    name = f"ox_exiting_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text("import os\nos._exit(3)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    options = {"mp_mode": "spawn", "preload": [name]}
+    with pytest.raises(ox.OrchestrixError, match=r"exit as soon as they start.*code 3"):
+        within(DEADLINE, ox.Orchestrator, mode="multiprocessing", nb_workers=1, **options)

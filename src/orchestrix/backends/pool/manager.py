@@ -119,8 +119,9 @@ class MultiprocessingBackend(Backend):
             raise self._start_error
         if self.config.preload:
             self._preloaded.wait()  # a module that cannot be imported fails the start, here
-            if self._preload_failure is not None:
-                raise ConfigError(self._preload_failure)
+            broken = self._ledger.broken  # or one that kills its worker as it loads
+            if broken is not None:
+                raise (ConfigError if self._preload_failure else OrchestrixError)(broken)
 
     def capacity(self) -> int:
         return self.nb_workers * (2 * self._batch_size() + 1)
