@@ -130,10 +130,16 @@ def test_a_job_clock_starts_after_its_worker_has_imported_the_modules(tmp_path, 
 
 
 @pool_only
-def test_a_module_that_kills_its_worker_fails_the_start(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("method", "says"),
+    [("spawn", "exit as soon as they start.*code 3"), ("forkserver", "the forkserver died")],
+)
+def test_a_module_that_ends_its_process_fails_the_start(method, says, tmp_path, monkeypatch):
     name = f"ox_exiting_{uuid.uuid4().hex[:8]}"
     (tmp_path / f"{name}.py").write_text("import os\nos._exit(3)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    options = {"mp_mode": "spawn", "preload": [name]}
-    with pytest.raises(ox.OrchestrixError, match=r"exit as soon as they start.*code 3"):
+    options = {"mp_mode": method, "preload": [name]}
+    with pytest.raises(ox.OrchestrixError, match=says):
         within(DEADLINE, ox.Orchestrator, mode="multiprocessing", nb_workers=1, **options)
+    with guarded(mode="multiprocessing", nb_workers=1, mp_mode=method) as orch:
+        assert within(DEADLINE, orch.compute, inc(1)) == 2  # the next pool starts as usual

@@ -399,6 +399,17 @@ def preload_error(modules: list[str] | tuple[str, ...], exc: BaseException) -> s
     return f"key 'preload': {what} could not be imported in a worker: {_describe(exc)}"
 
 
+def forkserver_died(modules: list[str] | tuple[str, ...], exc: BaseException) -> str:
+    """The forkserver died, most likely as it imported the ``preload`` ``modules`` (a module
+    that ends its process: ``os._exit``, a crash in compiled code); ``exc``: what starting a
+    worker then raised."""
+    return (
+        f"key 'preload': the forkserver died, most likely as it imported one of the modules "
+        f"{list(modules)} (a module that ends its process: os._exit, a crash in compiled code); "
+        f"starting a worker raised {_describe(exc)}; mp_mode='spawn' tells which module"
+    )
+
+
 def unsendable_task(name: str, exc: BaseException, key: str | None = None) -> pickle.PicklingError:
     """The task's function or an argument cannot be pickled (dask names the ``key`` too)."""
     where = "" if key is None else f" (key {key})"

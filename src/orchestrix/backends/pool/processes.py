@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ... import failures
-from ...errors import TaskError
+from ...errors import OrchestrixError, TaskError
 from ...worker.observe import WorkerSettings, worker_name
 from . import warmup
 from .child import worker_main
@@ -183,6 +183,11 @@ class Launcher:
             )
             with _main_module_hidden():
                 process.start()
+        except EOFError as exc:  # the forkserver died: it answers nothing
+            parent_end.close()
+            if self._uses_forkserver and self.preload:
+                raise OrchestrixError(failures.forkserver_died(self.preload, exc)) from exc
+            raise
         except BaseException:
             parent_end.close()
             raise
