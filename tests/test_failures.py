@@ -321,3 +321,20 @@ def test_upstream_canary_and_map_errors_keep_the_class_of_the_first_failure():
 def test_timeouts_are_timeout_errors():
     assert isinstance(failures.timeout_error("k", "n", 1.0), TimeoutError)
     assert isinstance(failures.stall_error("k", "n", 1.0), TimeoutError)
+
+
+def test_the_warnings_of_limits_warn_and_the_preload_error():
+    assert failures.timeout_warning("k", "f", 0.5) == (
+        "task 'f' has run longer than per_job_timeout=0.5 s; limits='warn': it keeps running "
+        "(key k)"
+    )
+    assert failures.memory_warning("k", "f", 1234.4, 1000) == (
+        "task 'f' made its worker use 1,234 MB, over max_ram_per_worker=1,000 MB; "
+        "limits='warn': the task keeps running (key k)"
+    )
+    missing = ModuleNotFoundError("No module named 'b'", name="b")
+    assert failures.preload_error(["a", "b"], missing) == (
+        "key 'preload': module 'b' could not be imported in a worker: "
+        "ModuleNotFoundError: No module named 'b'"
+    )
+    assert "one of the modules ['a', 'b']" in failures.preload_error(("a", "b"), OSError("x"))

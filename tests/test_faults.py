@@ -18,10 +18,12 @@ import orchestrix as ox
 from tasks import (
     add,
     allocate,
+    count_running,
     crash_once,
     exit_with,
     inc,
     kill_self,
+    kill_worker_once,
     make_array,
     record,
     record_slowly,
@@ -129,6 +131,31 @@ def test_recycling_does_not_deadlock():
         pids = list(orch.map(worker_pid, range(200), chunksize=1))  # a task per call
     assert len(pids) == 200
     assert len(set(pids)) >= 100  # each worker ran at most 2 tasks
+
+
+def test_the_last_job_of_a_retiring_worker_is_timed_and_its_crash_retried(tmp_path):
+    # With max_tasks_per_worker a worker retires as it is given its last job: that job is still
+    # the pool's to time, and a crash in it is retried like any other.
+    options = {"max_tasks_per_worker": 1, "per_job_timeout": 1}
+    with pool(retries=0, **options) as orch:
+        with pytest.raises(ox.TaskTimeoutError):
+            orch.compute(sleep_for(60))
+        assert orch.compute(inc(1)) == 2
+        live = [w for w in list(orch._backend._workers) if not w.replaced]
+        assert len(live) == 2  # killed while retiring: replaced once, not twice
+    with pool(retries=1, **options) as orch:
+        marker = str(tmp_path / "killed")
+        assert orch.submit(kill_worker_once, marker, 5).result(timeout=60) == 5
+        assert orch.compute(inc(1)) == 2
+        live = [w for w in list(orch._backend._workers) if not w.replaced]
+        assert len(live) == 2  # one replacement per worker, not two
+
+
+def test_recycling_runs_no_more_than_nb_workers_tasks_at_a_time(tmp_path):
+    # A replacement starts while the worker it replaces runs its last job, and waits for it.
+    with pool(max_tasks_per_worker=1) as orch:
+        futures = [orch.submit(count_running, str(tmp_path)) for _ in range(8)]
+        assert max(future.result(timeout=60) for future in futures) <= 2
 
 
 def test_unpicklable_argument_and_result_fail_only_their_task():

@@ -46,6 +46,17 @@ def test_slurm_job_script_carries_the_configuration(tmp_path):
     assert not list(tmp_path.glob(".orchestrix-tls-*"))  # certificates removed afterwards
 
 
+def test_job_script_carries_preload_and_limits(tmp_path):
+    options = {"mode": "slurm_dask", "account": "p", "out_dir": str(tmp_path)}
+    config = parse_config(**options, preload=["numpy", "json.decoder"], limits="warn")
+    script = job_script(config)
+    assert "--preload numpy --preload json.decoder" in script
+    # dask's nanny must not terminate a worker over its memory limit
+    assert "export DASK_DISTRIBUTED__WORKER__MEMORY__TERMINATE=False" in script
+    plain = job_script(parse_config(**options))
+    assert "--preload" not in plain and "TERMINATE" not in plain
+
+
 def test_pbs_job_script_and_security_off_warns(tmp_path, monkeypatch):
     _fake_batch(tmp_path, monkeypatch, "echo 4242.server")  # make_cluster submits its jobs
     config = parse_config(

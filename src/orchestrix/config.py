@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import re
 import reprlib
@@ -21,6 +20,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from .checks import (
+    _is_bool,
+    _is_int,
+    _is_path,
+    _is_str,
+    _module_names,
+    _one_of,
+    _optional,
+    _positive_int,
+    _positive_number_up_to,
+)
 from .config_compat import applicable_keys, canonical_mode, did_you_mean
 from .errors import ConfigError
 
@@ -44,6 +54,7 @@ MODES = ("sequential", "multiprocessing", "auto", "local_dask", "pbs_dask", "slu
 DEFAULT_MODE = "auto"
 PROFILING_MODES = ("timing", "cprofile", "memray")
 MP_MODES = ("forkserver", "fork", "spawn")
+LIMITS = ("kill", "warn")
 #: the largest memory limit accepted (MB): 1 EiB, whose byte count still fits in 64 bits
 MAX_MB = 2**40
 #: the longest timeout accepted (s): longer ones overflow the waits of ``threading``
@@ -61,46 +72,6 @@ def _key(
     if callable(default):
         return field(default_factory=default, metadata=metadata)
     return field(default=default, metadata=metadata)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    """A finite int or float (not a bool): NaN and infinity make no limit or count."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    return math.isfinite(value)
-
-
-def _positive_int(value: Any) -> bool:
-    return _is_int(value) and value > 0
-
-
-def _positive_number_up_to(most: float) -> Callable[[Any], bool]:
-    return lambda value: _is_number(value) and 0 < value <= most
-
-
-def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
-    return lambda value: value is None or check(value)
-
-
-def _is_bool(value: Any) -> bool:
-    return isinstance(value, bool)
-
-
-def _is_str(value: Any) -> bool:
-    return isinstance(value, str) and bool(value)
-
-
-def _is_path(value: Any) -> bool:
-    return _is_str(value) and "\0" not in value  # the OS refuses a NUL byte in a path
-
-
-def _one_of(*choices: str) -> Callable[[Any], bool]:
-    # The type first: ``in`` would hash an unhashable value or compare an array elementwise.
-    return lambda value: isinstance(value, str) and value in choices
 
 
 def _path_key(doc: str) -> Any:
@@ -279,6 +250,24 @@ class _WorkerPoolConfig(Config):
     dump_to_disk: bool = _key(
         True, "a bool", _is_bool, "pass numpy arrays through files instead of pipes"
     )
+    preload: tuple[str, ...] = _key(
+        (),
+        "a list of module names (dotted Python identifiers)",
+        _module_names,
+        "modules every worker imports before its first task (replacement workers too)",
+    )
+    limits: str = _key(
+        "kill",
+        f"one of {', '.join(LIMITS)}",
+        _one_of(*LIMITS),
+        "a task over per_job_timeout or max_ram_per_worker: 'kill' stops it, 'warn' logs a "
+        "warning and lets it run (as CARS did)",
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.preload, list):
+            object.__setattr__(self, "preload", tuple(self.preload))
 
 
 @dataclass(frozen=True)

@@ -270,6 +270,22 @@ def memory_error(key: str, name: str, peak_rss_mb: float, limit_mb: float) -> Ta
     return WorkerMemoryError(key, name, message, peak_rss_mb, limit_mb)
 
 
+def timeout_warning(key: str, name: str, limit: float) -> str:
+    """With ``limits="warn"``: the task has run longer than ``per_job_timeout`` and goes on."""
+    return (
+        f"task {name!r} has run longer than per_job_timeout={limit} s; limits='warn': it keeps "
+        f"running (key {key})"
+    )
+
+
+def memory_warning(key: str, name: str, rss_mb: float, limit_mb: float) -> str:
+    """With ``limits="warn"``: the task's worker went over ``max_ram_per_worker`` and goes on."""
+    return (
+        f"task {name!r} made its worker use {rss_mb:,.0f} MB, over max_ram_per_worker="
+        f"{limit_mb:,} MB; limits='warn': the task keeps running (key {key})"
+    )
+
+
 def stall_error(key: str, name: str, limit: float, *, running: bool = True) -> TaskError:
     """Nothing finished for ``task_timeout``, twice, while the task was running (a pool) or
     waited for (dask: the caller does not know whether it runs)."""
@@ -371,6 +387,26 @@ def unimportable_task(name: str, exc: BaseException) -> RuntimeError:
     return RuntimeError(
         f"a worker could not load task {name!r}: {_describe(exc)}; {what} must be importable "
         "on the workers (install it there or put its directory on PYTHONPATH)"
+    )
+
+
+def preload_error(modules: list[str] | tuple[str, ...], exc: BaseException) -> str:
+    """A worker could not import the ``preload`` module of ``modules`` that raised ``exc`` (a
+    missing module names itself; ``modules`` are the candidates when it cannot be told)."""
+    missing = exc.name if isinstance(exc, ImportError) else None
+    named = [module for module in modules if module == missing] or list(modules)
+    what = f"module {named[0]!r}" if len(named) == 1 else f"one of the modules {named}"
+    return f"key 'preload': {what} could not be imported in a worker: {_describe(exc)}"
+
+
+def forkserver_died(modules: list[str] | tuple[str, ...], exc: BaseException) -> str:
+    """The forkserver died, most likely as it imported the ``preload`` ``modules`` (a module
+    that ends its process: ``os._exit``, a crash in compiled code); ``exc``: what starting a
+    worker then raised."""
+    return (
+        f"key 'preload': the forkserver died, most likely as it imported one of the modules "
+        f"{list(modules)} (a module that ends its process: os._exit, a crash in compiled code); "
+        f"starting a worker raised {_describe(exc)}; mp_mode='spawn' tells which module"
     )
 
 

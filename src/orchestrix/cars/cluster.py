@@ -30,7 +30,7 @@ from typing import Any
 
 from cars.orchestrator.cluster import abstract_cluster
 
-from ..config import CONFIG_CLASSES, Config
+from ..config import Config
 from ..graph.shared import Shared
 from ..graph.tasks import Delayed, TaskFunction
 from ..orchestrator import Orchestrator
@@ -90,7 +90,7 @@ class OrchestrixCluster(abstract_cluster.AbstractCluster):
         out_dir = os.path.abspath(conf.pop("out_dir", None) or os.path.join(log_dir, OUT_DIR_NAME))
         preload = tuple(conf.pop("preload", ()))
         overrides: dict[str, Any] = {"out_dir": out_dir, "keep_journal": _keeps_journal(out_dir)}
-        if "preload" in CONFIG_CLASSES[conf["backend"]].key_names():  # the worker modes
+        if conf["backend"] != "sequential":  # the modes with workers
             overrides["preload"] = PRELOAD + tuple(m for m in preload if m not in PRELOAD)
         return orchestrix_config(conf, **overrides)
 

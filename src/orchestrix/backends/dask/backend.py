@@ -8,7 +8,8 @@ Semantics follow the multiprocessing mode: ``per_job_timeout`` fails the task wi
 ``TaskTimeoutError`` and restarts the worker that ran it; a worker that dies is replaced by its
 nanny and its tasks rescheduled up to ``retries`` times (dask's ``allowed-failures``), then
 ``WorkerCrashedError``; ``task_timeout`` is the stall watchdog; ``dump_to_disk`` is dask's spilling
-of worker memory to disk; a raising task is not retried.
+of worker memory to disk; a raising task is not retried. With ``limits="warn"`` a task past
+``per_job_timeout`` and a worker over its memory limit are warned about and left running.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ... import failures
-from ...errors import TaskError
+from ...errors import ConfigError, TaskError
 from ...failures import Failure, TaskFailure, portable_failure
 from ...graph.factorize import WorkUnit
 from ...graph.shared import Shared, shared_id
@@ -37,6 +38,7 @@ from .guard import check_main_guard
 from .tasks import (
     START_TOPIC,
     TASK_TOPIC,
+    WARNING_TOPIC,
     CompletionCounter,
     Label,
     MemoryLogger,
@@ -99,6 +101,8 @@ class DaskBackend(Backend):
             logger.warning("orchestrix: dask dashboard at %s", self.dashboard_link)
         self.client.subscribe_topic(TASK_TOPIC, self._on_unit_event)
         self.client.subscribe_topic(START_TOPIC, self._on_start_event)
+        if self.config.limits == "warn":
+            self.client.subscribe_topic(WARNING_TOPIC, _log_warning)
         plugin = ObserverPlugin(worker_settings(self.config))
         self.client.register_plugin(plugin, name=ObserverPlugin.name)
         if self.config.use_memory_logger and self.config.out_dir:
@@ -123,18 +127,26 @@ class DaskBackend(Backend):
         from distributed import LocalCluster
 
         check_main_guard()  # before its workers re-run the script: one line, not hundreds
-        return LocalCluster(
-            n_workers=self.config.nb_workers,
-            threads_per_worker=self.config.threads_per_worker,
-            processes=True,
-            host="127.0.0.1",
-            # The scheduler's HTTP server (health, metrics) always runs: keep it on localhost,
-            # on a free port; the dashboard pages are only served when asked for.
-            dashboard_address="127.0.0.1:0",
-            scheduler_kwargs={"dashboard": self.config.activate_dashboard},
-            memory_limit=f"{self.config.max_ram_per_worker}MiB",
-            silence_logs=logging.CRITICAL,  # orchestrix reports task errors itself
-        )
+        try:
+            return LocalCluster(
+                n_workers=self.config.nb_workers,
+                threads_per_worker=self.config.threads_per_worker,
+                processes=True,
+                host="127.0.0.1",
+                # The scheduler's HTTP server (health, metrics) always runs: keep it on
+                # localhost, on a free port; the dashboard pages are only served when asked for.
+                dashboard_address="127.0.0.1:0",
+                scheduler_kwargs={"dashboard": self.config.activate_dashboard},
+                memory_limit=f"{self.config.max_ram_per_worker}MiB",
+                # each worker process imports them as it starts (a nanny's restart too)
+                preload=list(self.config.preload),
+                silence_logs=logging.CRITICAL,  # orchestrix reports task errors itself
+            )
+        except RuntimeError as exc:  # distributed's "Nanny failed to start"
+            failure = _preload_failure(self.config.preload, exc)
+            if failure is None:
+                raise
+            raise failure from exc.__cause__
 
     def security(self) -> Any:
         return None  # local_dask listens on 127.0.0.1 only
@@ -155,6 +167,7 @@ class DaskBackend(Backend):
             # the cluster
             "distributed.worker.multiprocessing-method": "spawn",
             **spill,
+            **limit_settings(self.config),
         }
 
     @property
@@ -186,6 +199,8 @@ class DaskBackend(Backend):
         try:
             self.client.unsubscribe_topic(TASK_TOPIC)
             self.client.unsubscribe_topic(START_TOPIC)
+            if self.config.limits == "warn":
+                self.client.unsubscribe_topic(WARNING_TOPIC)
             self.client.unregister_worker_plugin(ObserverPlugin.name)
         except Exception as exc:  # noqa: BLE001 - a scheduler already gone
             logger.warning("orchestrix: could not remove the worker plugin: %s", exc)
@@ -237,7 +252,8 @@ class DaskBackend(Backend):
             raise  # the user's Ctrl-C, not the task's fault
         except BaseException as exc:  # noqa: BLE001 - whatever a __reduce__ raises
             return (fail_unit_task, _unpicklable(unit, exc))
-        return (run_unit_task, label, payload, self.config.per_job_timeout, ship)
+        warn = self.config.limits == "warn"
+        return (run_unit_task, label, payload, self.config.per_job_timeout, ship, warn)
 
     def _watch(self, pairs: list[tuple[WorkUnit, Any]], sink: Sink) -> int:
         job = next(self._ids)
@@ -306,6 +322,11 @@ class DaskBackend(Backend):
         run = UnitRun(_labelled(report.key, report.labels), report.started, report.walls,
                       report.ok, report.growth_mb)  # fmt: skip
         self.monitor.record_units(report.worker, report.cpu_per_wall, report.peak_rss_mb, [run])
+        limit = self.config.max_ram_per_worker
+        peak = report.peak_rss_mb
+        if self.config.limits == "warn" and peak is not None and peak > limit:
+            name = report.labels[-1][1]  # the unit's name: its last task's
+            _log_warning((0.0, failures.memory_warning(report.key, name, peak, limit)))
 
     def _on_start_event(self, event: tuple[float, Any]) -> None:
         """A worker starts a unit (a dask event, in the client's event loop)."""
@@ -385,6 +406,29 @@ class DaskBackend(Backend):
             self.client.cancel([future for future, _, _ in entries])
         for _, unit, sink in entries:
             sink(UnitOutcome(unit, failure=error_for(unit)))
+
+
+def _preload_failure(preload: tuple[str, ...], exc: BaseException) -> ConfigError | None:
+    """The error of a cluster whose workers could not start because of a ``preload`` module:
+    distributed's "Nanny failed to start", caused by what the worker's import raised."""
+    cause = exc.__cause__
+    if not preload or cause is None or "Nanny failed to start" not in str(exc):
+        return None
+    return ConfigError(failures.preload_error(preload, cause))
+
+
+def limit_settings(config: Any) -> dict[str, Any]:
+    """With ``limits="warn"`` the workers' memory limit kills nothing: dask's nanny would
+    terminate a worker at 95% of it, and a worker would stop taking tasks at 80% (a task that
+    keeps its memory would hold its worker paused for ever). Spilling still follows it."""
+    if config.limits != "warn":
+        return {}
+    return {"distributed.worker.memory.terminate": False, "distributed.worker.memory.pause": False}
+
+
+def _log_warning(event: tuple[float, Any]) -> None:
+    """A warning of ``limits="warn"`` (a dask event ``(time, message)`` from a worker)."""
+    logger.warning("orchestrix: %s", event[1])
 
 
 def _stall_error(limit: float, unit: WorkUnit) -> TaskError:

@@ -32,7 +32,7 @@ from ... import failures
 from ...errors import OrchestrixError, TaskError
 from ...graph.factorize import WorkUnit
 from ..base import Recorder, Sink
-from .backend import DaskBackend
+from .backend import DaskBackend, limit_settings
 
 __all__ = ["JobqueueBackend", "cluster_options", "job_script", "worker_lifetime"]
 
@@ -213,7 +213,12 @@ def cluster_options(config: Any, cert_dir: str | None) -> dict[str, Any]:
         "python": config.python or sys.executable,
         "interface": config.interface,
         "job_extra_directives": directives,
-        "worker_extra_args": ["--lifetime", f"{lifetime}s", "--lifetime-stagger", f"{stagger}s"],
+        "worker_extra_args": [
+            *("--lifetime", f"{lifetime}s", "--lifetime-stagger", f"{stagger}s"),
+            *(arg for module in config.preload for arg in ("--preload", module)),
+        ],
+        # The jobs read no configuration of the caller's: the limits' settings go as variables.
+        "job_script_prologue": _env_exports(limit_settings(config)),
         "silence_logs": logging.CRITICAL,
         "dashboard_address": "127.0.0.1:0" if config.activate_dashboard else None,
     }
@@ -226,6 +231,14 @@ def cluster_options(config: Any, cert_dir: str | None) -> dict[str, Any]:
         options["protocol"] = "tls://"
         options["shared_temp_directory"] = cert_dir
     return options
+
+
+def _env_exports(settings: dict[str, Any]) -> list[str]:
+    """Shell lines that give a job's dask these settings (dask reads ``DASK_*`` variables)."""
+    return [
+        f"export DASK_{key.upper().replace('.', '__').replace('-', '_')}={value!r}"
+        for key, value in settings.items()
+    ]
 
 
 def worker_lifetime(walltime: str) -> tuple[int, int]:

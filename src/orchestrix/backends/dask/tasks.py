@@ -34,6 +34,7 @@ __all__ = [
     "Shipped",
     "UnitReport",
     "UnitStart",
+    "WARNING_TOPIC",
     "completed_count",
     "fail_unit_task",
     "restart_unblamed",
@@ -44,6 +45,8 @@ __all__ = [
 TASK_TOPIC = "orchestrix-unit"
 #: the topic on which workers report each unit they start (for the journal, with out_dir only)
 START_TOPIC = "orchestrix-start"
+#: the topic on which workers post the warnings of ``limits="warn"`` (a message each)
+WARNING_TOPIC = "orchestrix-warning"
 _observer: ProcessObserver | None = None  # this worker process's, set up by ObserverPlugin
 _meters = threading.local()
 
@@ -171,7 +174,7 @@ def fail_unit_task(failure: bytes, *values: Any) -> Any:
 
 
 def run_unit_task(
-    label: Label, payload: bytes, timeout: float | None, ship: bool, *values: Any
+    label: Label, payload: bytes, timeout: float | None, ship: bool, warn: bool, *values: Any
 ) -> Any:
     """A dask task: run the pickled unit with its dependencies' values (in ``unit.deps`` order).
 
@@ -179,7 +182,8 @@ def run_unit_task(
     cluster) fails this task with a clear error, instead of losing its connection to the
     scheduler while decoding the message. A failing task raises :class:`UnitFailed`, so that
     dask does not run its dependents and the caller learns which task failed first. With
-    ``ship`` (a result the caller will read) the result leaves :class:`Shipped`.
+    ``ship`` (a result the caller will read) the result leaves :class:`Shipped`. With ``warn``
+    (``limits="warn"``) a unit past ``timeout`` is warned about and runs to its end.
     """
     try:
         unit: WorkUnit = pickle.loads(payload)
@@ -196,7 +200,7 @@ def run_unit_task(
     if timeout is None:
         outcome = _run_measured(unit, inputs)
     else:
-        outcome = _run_with_timeout(unit, inputs, timeout)
+        outcome = _run_with_timeout(unit, inputs, timeout, warn)
     if outcome.walls:
         _report_unit(unit, outcome)
     if outcome.failure is not None:
@@ -225,15 +229,21 @@ def _unshipped(label: Label, values: tuple[Any, ...]) -> list[Any]:
         raise UnitFailed(portable_failure(failure)) from None
 
 
-def _run_with_timeout(unit: WorkUnit, inputs: dict[str, Any], timeout: float) -> UnitOutcome:
+def _run_with_timeout(
+    unit: WorkUnit, inputs: dict[str, Any], timeout: float, warn: bool = False
+) -> UnitOutcome:
     """Run the unit in a thread and stop waiting after ``timeout``; the caller then restarts this
-    worker, which is the only way to stop a Python thread that is still running."""
+    worker, which is the only way to stop a Python thread that is still running. With ``warn``,
+    tell the caller once and wait for the unit's end instead."""
     box: list[UnitOutcome] = []
     # in this context: distributed finds the task's worker (get_worker, get_client) through it
     context = contextvars.copy_context()
     thread = threading.Thread(target=context.run, args=(_run_into, box, unit, inputs), daemon=True)
     thread.start()
     thread.join(timeout)
+    if not box and warn:
+        _post(WARNING_TOPIC, failures.timeout_warning(unit.key, unit.name, timeout))
+        thread.join()
     if box:  # _run_into gives an outcome whatever happens: none means still running
         return box[0]
     error = failures.timeout_error(unit.key, unit.name, timeout, restarted=True)
@@ -280,7 +290,7 @@ def _labels(unit: WorkUnit) -> list[list[str]]:
     return [[node.key, node.name] for node in unit.tasks]
 
 
-def _post(topic: str, event: UnitStart | UnitReport) -> None:
+def _post(topic: str, event: UnitStart | UnitReport | str) -> None:
     try:
         from distributed import get_worker
 

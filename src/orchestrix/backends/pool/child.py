@@ -30,9 +30,11 @@ from ...failures import Failure, TaskFailure, portable_exception, portable_failu
 from ...worker.dumps import Dumper
 from ...worker.execute import TaskCaller, UnitOutcome, run_unit
 from ...worker.observe import ProcessObserver, UsageMeter, WorkerSettings
+from ...worker.preload import import_modules
 from .protocol import (
     JobResult,
     JobStatus,
+    Preloaded,
     ResultWindow,
     RunBatch,
     StartFailed,
@@ -51,10 +53,13 @@ def worker_main(
     started: Any,
     settings: WorkerSettings,
     caller_pid: int,
+    preload: tuple[str, ...] = (),
 ) -> None:
     """Entry point of a worker process. ``started`` is a shared counter of the jobs it started:
     if the worker dies, the parent reads it to know which job was running. ``caller_pid`` is the
-    process that runs the pool (the worker's parent, or the forkserver's)."""
+    process that runs the pool (the worker's parent, or the forkserver's). ``preload``: modules
+    to import before the first job (here, not in the caller before a fork: the caller's modules
+    are its own business)."""
     # Ctrl-C in a terminal reaches the whole process group: the parent decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _drop_forkserver_lifeline()
@@ -73,13 +78,23 @@ def worker_main(
         send_message(sock, StartFailed(traceback.format_exc()))
         sys.exit(1)
     try:
-        worker.serve()
+        if _preloaded(sock, preload):
+            worker.serve()
     finally:
         # Ending already: a SIGTERM from the pool's close must not cut the profile's writing
         # short (the pool kills what has not ended after its grace period).
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         observer.stop()
         worker.meter.close()
+
+
+def _preloaded(sock: socket.socket, preload: tuple[str, ...]) -> bool:
+    """Import the preload modules (those the forkserver has cost nothing) and tell the parent."""
+    if not preload:
+        return True
+    failure = import_modules(preload)
+    send_message(sock, Preloaded(failure))
+    return failure is None
 
 
 def _die_with_parent(caller_pid: int) -> None:

@@ -4,9 +4,10 @@ One manager thread in the caller's process does all the pool's work: it starts t
 them jobs in batches, reads results as they come, and waits on the workers' sockets and exit
 handles together, so a worker that dies is seen at once. It never blocks on a worker: its socket
 ends are non-blocking (see :mod:`.protocol`). The waits end early only for the deadlines it
-enforces: ``per_job_timeout`` (the worker running a job too long is killed), ``task_timeout`` (the
-stall watchdog) and the sampling of the workers' memory against ``max_ram_per_worker``. The
-caller's threads only queue jobs and receive outcomes.
+enforces (:mod:`.deadlines`): ``per_job_timeout`` (the worker running a job too long is killed, or
+with ``limits="warn"`` warned about), ``task_timeout`` (the stall watchdog) and the sampling of the
+workers' memory against ``max_ram_per_worker``. The caller's threads only queue jobs and receive
+outcomes.
 
 Every job not yet reported is in one ledger (:mod:`.ledger`), which reports each exactly once
 whichever way it ends; the rules that get tuned (batch sizes, retry or fail per cause, when to
@@ -29,7 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ... import failures
-from ...errors import OrchestrixError, TaskError
+from ...errors import ConfigError, OrchestrixError, TaskError
 from ...failures import TaskFailure
 from ...graph.factorize import WorkUnit
 from ...graph.shared import Shared
@@ -39,7 +40,8 @@ from ...worker.dumps import materialize, share_in_file
 from ...worker.execute import UnitOutcome
 from ...worker.transfer import create_dump_dir
 from ..base import Backend, Recorder, Sink, Started, worker_settings
-from . import policy, processes
+from . import policy, processes, protocol
+from .deadlines import Deadlines
 from .ledger import Job, Ledger
 from .policy import MAX_STARTUP_FAILURES, Cause, Verdict
 from .processes import StopReason, Worker, interruption_error
@@ -49,7 +51,6 @@ __all__ = ["MultiprocessingBackend"]
 
 logger = logging.getLogger("orchestrix")
 
-MEMORY_SAMPLE_SECONDS = 0.1
 #: how long to wait before trying again to start a worker that could not be started
 RESPAWN_DELAY_SECONDS = 0.2
 #: how long ``close`` waits for the manager to stop the workers (it needs about 2 s at most)
@@ -85,8 +86,7 @@ class MultiprocessingBackend(Backend):
         self._poll = select.poll()
         self._handles: dict[int, tuple[_Handle, Worker | None]] = {}
         self._mean_seconds: float | None = None
-        self._last_completion = time.monotonic()
-        self._next_memory_sample = 0.0
+        self._deadlines = Deadlines(config)
         self._startup = policy.StartupWatch(MAX_STARTUP_FAILURES)
         self._respawns: list[float] = []  # when to try again to start workers that could not
         self._wake_read, self._wake_write = os.pipe()
@@ -94,6 +94,8 @@ class MultiprocessingBackend(Backend):
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
         self._start_error: BaseException | None = None
+        self._preloaded = threading.Event()  # a first worker imported the preload modules, or not
+        self._preload_failure: str | None = None
         self._launcher: processes.Launcher | None = None
         self.dump_dir: str | None = None
 
@@ -104,7 +106,9 @@ class MultiprocessingBackend(Backend):
             needed = int(self.nb_workers * self.config.max_ram_per_worker * 2**20)
             self.dump_dir = create_dump_dir(self.config.dump_dir, self.config.out_dir, needed)
         settings = worker_settings(self.config)
-        self._launcher = processes.Launcher(self.config.mp_mode, self.dump_dir, settings)
+        self._launcher = processes.Launcher(
+            self.config.mp_mode, self.dump_dir, settings, self.config.preload
+        )
         self._register(self._wake_read, _WAKE, None)
         # The manager thread starts the workers: each dies with the thread that started it (the
         # parent-death signal), so that must be a thread that lives as long as the pool.
@@ -115,6 +119,11 @@ class MultiprocessingBackend(Backend):
         self._started.wait()
         if self._start_error is not None:
             raise self._start_error
+        if self.config.preload:
+            self._preloaded.wait()  # a module that cannot be imported fails the start, here
+            broken = self._ledger.broken  # or one that kills its worker as it loads
+            if broken is not None:
+                raise (ConfigError if self._preload_failure else OrchestrixError)(broken)
 
     def capacity(self) -> int:
         return self.nb_workers * (2 * self._batch_size() + 1)
@@ -191,6 +200,7 @@ class MultiprocessingBackend(Backend):
             message = f"the worker pool's manager failed: {type(exc).__name__}: {exc}"
             self._ledger.break_down(message, _failing_with(message))
         finally:
+            self._preloaded.set()  # the start waits no more: the pool is broken or closing
             processes.stop_all(self._workers)  # in this thread: see above
             self._workers = []
 
@@ -280,20 +290,37 @@ class MultiprocessingBackend(Backend):
                 self._receive(worker, message)
             elif isinstance(message, StartFailed):
                 worker.start_error = message.traceback_text
+            elif isinstance(message, protocol.Preloaded):
+                self._on_preloaded(worker, message.failure)
             else:
                 raise OrchestrixError(f"unexpected message from worker {worker.pid}: {message!r}")
+
+    def _on_preloaded(self, worker: Worker, failure: str | None) -> None:
+        """A worker imported the preload modules, or could not: the pool cannot run its tasks
+        then, and says why at once rather than start worker after worker."""
+        worker.ready = failure is None
+        if failure is not None and self._ledger.broken is None:
+            self._preload_failure = failure
+            self._ledger.break_down(failure, _failing_with(failure))
+        self._preloaded.set()
 
     # -- sending work -------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
         batch_size = self._batch_size()
+        # A retiring worker runs its last jobs while its replacement starts: the replacement
+        # waits for them, so that no more than nb_workers processes run jobs (and use memory).
+        running = sum(1 for w in self._workers if w.outstanding)
         for worker in list(self._workers):
             if not self._ledger.pending:
                 return
-            if worker.stopping or not self._has_room(worker, batch_size):
+            if worker.stopping or not worker.ready or not self._has_room(worker, batch_size):
+                continue
+            if not worker.outstanding and running >= self.nb_workers:
                 continue
             jobs = self._take_jobs(worker, batch_size)
             if jobs:
+                running += not worker.outstanding
                 self._send(worker, jobs)
             self._retire_if_due(worker)
 
@@ -313,7 +340,7 @@ class MultiprocessingBackend(Backend):
             return
         now = time.monotonic()
         if not any(w.outstanding for w in self._workers):
-            self._last_completion = now  # the stall clock starts when work starts
+            self._deadlines.last_completion = now  # the stall clock starts when work starts
         if not worker.outstanding:
             worker.last_progress = now
         worker.outstanding.extend(jobs)
@@ -343,6 +370,7 @@ class MultiprocessingBackend(Backend):
         limit = self.config.max_tasks_per_worker
         if limit is not None and worker.done + len(worker.outstanding) >= limit:
             worker.stopping = StopReason.RETIRE  # no more jobs; it stops once its own are done
+            worker.replaced = True
             if not worker.outstanding:
                 worker.send_stop()
                 self._watch_output(worker)
@@ -355,7 +383,7 @@ class MultiprocessingBackend(Backend):
 
     def _receive(self, worker: Worker, window: ResultWindow) -> None:
         now = time.monotonic()
-        worker.last_progress = self._last_completion = now
+        worker.last_progress = self._deadlines.last_completion = now
         results = window.results
         window_wall = sum(sum(result.walls) for result in results)
         ran: list[UnitRun] = []
@@ -409,8 +437,8 @@ class MultiprocessingBackend(Backend):
         self._ledger.requeue(lost + waiting)  # not at fault: first in line, using no attempt
         if running is not None:
             self._handle_interrupted(worker, running)
-        if reason is StopReason.RETIRE or self._ledger.closed:
-            return
+        if worker.replaced or self._ledger.closed:
+            return  # killed while retiring too: its replacement runs already
         if self._startup.worker_ended(worker.started.value > 0, reason is not None):
             code = worker.exitcode
             message = failures.startup_crash_message(code, worker.pid, worker.start_error)
@@ -422,7 +450,8 @@ class MultiprocessingBackend(Backend):
         self._spawn_replacement()
 
     def _handle_interrupted(self, worker: Worker, job: Job) -> None:
-        cause = Cause.CRASH if worker.stopping is None else Cause(worker.stopping.value)
+        stopping = worker.stopping
+        cause = Cause.CRASH if stopping in (None, StopReason.RETIRE) else Cause(stopping.value)
         if cause in (Cause.CRASH, Cause.TIMEOUT):
             job.attempts += 1
         retries = self.config.retries
@@ -439,48 +468,17 @@ class MultiprocessingBackend(Backend):
     # -- deadlines ----------------------------------------------------------------------------
 
     def _seconds_to_next_deadline(self) -> float | None:
-        deadlines = []
-        busy = [w for w in self._workers if w.outstanding and w.stopping is None]
-        timeout = self.config.per_job_timeout
-        if timeout is not None:
-            deadlines += [w.last_progress + timeout for w in busy]
-        if self.config.task_timeout is not None and (busy or self._ledger.pending):
-            deadlines.append(self._last_completion + self.config.task_timeout)
-        if busy:
-            deadlines.append(self._next_memory_sample)
+        deadlines = self._deadlines.next(self._busy(), bool(self._ledger.pending))
         deadlines += self._respawns
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - time.monotonic())
 
     def _enforce_deadlines(self) -> None:
-        now = time.monotonic()
-        busy = [w for w in self._workers if w.outstanding and w.stopping is None]
-        timeout = self.config.per_job_timeout
-        for worker in busy:
-            if timeout is not None and now - worker.last_progress > timeout:
-                worker.kill(StopReason.TIMEOUT)
-        if now >= self._next_memory_sample:
-            self._next_memory_sample = now + MEMORY_SAMPLE_SECONDS
-            limit = self.config.max_ram_per_worker
-            for worker in busy:
-                if worker.stopping is None and worker.sample_memory_mb() > limit:
-                    worker.kill(StopReason.MEMORY)
-        stall_limit = self.config.task_timeout
-        stalled = stall_limit is not None and now - self._last_completion > stall_limit
-        if stalled and (busy or self._ledger.pending):
-            self._restart_stalled_pool(busy, now)
+        self._deadlines.enforce(self._busy(), bool(self._ledger.pending), time.monotonic())
 
-    def _restart_stalled_pool(self, busy: list[Worker], now: float) -> None:
-        logger.warning(
-            "orchestrix: no task finished for task_timeout=%s s; restarting the pool",
-            self.config.task_timeout,
-        )
-        for worker in busy:
-            if worker.outstanding:
-                worker.outstanding[0].stalls += 1
-            worker.kill(StopReason.STALL)
-        self._last_completion = now
+    def _busy(self) -> list[Worker]:
+        return [w for w in self._workers if w.watched]
 
     # -- reporting: every job leaves the ledger through _settle ----------------------------------
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import json
+import logging
 import multiprocessing
 import multiprocessing.forkserver
 import os
@@ -16,8 +18,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from ... import failures
-from ...errors import TaskError
+from ...errors import OrchestrixError, TaskError
 from ...worker.observe import WorkerSettings, worker_name
+from . import warmup
 from .child import worker_main
 from .policy import Cause
 from .protocol import Channel, Stop
@@ -30,12 +33,15 @@ __all__ = [
     "stop_all",
 ]
 
+logger = logging.getLogger("orchestrix")
+
 #: seconds a worker gets to exit after SIGTERM before SIGKILL
 TERMINATE_GRACE_SECONDS = 1.0
 
 _forkserver_users = 0  # live pools that rely on a forkserver orchestrix started
 _forkserver_lock = threading.Lock()
 _forkserver_ours = False
+_forkserver_preload: tuple[str, ...] = ()  # the preload modules of the forkserver we started
 
 
 class StopReason(enum.Enum):
@@ -66,10 +72,22 @@ class Worker:
         self.last_progress = 0.0  # when its running job started, at the latest
         self.done = 0
         self.stopping: StopReason | None = None
+        self.replaced = False  # retiring: its replacement is started already
         self.exitcode: int | None = None  # known once it has ended
         self.start_error: str | None = None  # the traceback it sent if it could not start
+        # False until it has imported the preload modules: a job's clock must not count them
+        self.ready = True
         self.peak_rss_mb = 0.0
+        # limits="warn": the last_progress whose timeout was warned about, the job whose memory
+        self.timed_out: float | None = None
+        self.memory_warned: int | None = None
         self.name = worker_name(self.pid)  # as the worker names itself
+
+    @property
+    def watched(self) -> bool:
+        """Whether its jobs are timed and its memory sampled: it runs jobs and the pool did not
+        stop it (a retiring worker still runs its last ones)."""
+        return bool(self.outstanding) and self.stopping in (None, StopReason.RETIRE)
 
     def send_stop(self) -> None:
         self.channel.send(Stop())
@@ -85,6 +103,13 @@ class Worker:
         rss = private_rss_mb(self.pid)
         self.peak_rss_mb = max(self.peak_rss_mb, rss)
         return rss
+
+    def running_job(self) -> Any:
+        """The job it runs now as the shared counter says; between jobs, the next one."""
+        index = self.started.value - self.done - 1
+        if 0 <= index < len(self.outstanding):
+            return self.outstanding[index]
+        return self.outstanding[0] if self.outstanding else None
 
     def split_outstanding(self) -> tuple[list[Any], Any, list[Any]]:
         """After the worker ended: (jobs it finished but whose results were lost with it, the job
@@ -129,15 +154,22 @@ def _exit_handle(process: Any) -> int:
 class Launcher:
     """Starts workers with the configured start method."""
 
-    def __init__(self, mp_mode: str, dump_dir: str | None, settings: WorkerSettings) -> None:
+    def __init__(
+        self,
+        mp_mode: str,
+        dump_dir: str | None,
+        settings: WorkerSettings,
+        preload: tuple[str, ...] = (),
+    ) -> None:
         self.method = _usable_start_method(mp_mode)
         self.context: Any = multiprocessing.get_context(self.method)
         self.dump_dir = dump_dir
         self.settings = settings
+        self.preload = preload
         self._uses_forkserver = False
         if self.method == "forkserver":
             self._uses_forkserver = True
-            _acquire_forkserver(self.context)
+            _acquire_forkserver(self.context, preload)
 
     def spawn(self) -> Worker:
         parent_end, child_end = socket.socketpair()
@@ -145,18 +177,25 @@ class Launcher:
             started = self.context.RawValue("q", 0)
             process = self.context.Process(
                 target=worker_main,
-                args=(child_end, self.dump_dir, started, self.settings, os.getpid()),
+                args=(child_end, self.dump_dir, started, self.settings, os.getpid(), self.preload),
                 name="orchestrix-worker",
                 daemon=True,
             )
             with _main_module_hidden():
                 process.start()
+        except EOFError as exc:  # the forkserver died: it answers nothing
+            parent_end.close()
+            if self._uses_forkserver and self.preload:
+                raise OrchestrixError(failures.forkserver_died(self.preload, exc)) from exc
+            raise
         except BaseException:
             parent_end.close()
             raise
         finally:
             child_end.close()
-        return Worker(process, Channel(parent_end), started)
+        worker = Worker(process, Channel(parent_end), started)
+        worker.ready = not self.preload
+        return worker
 
     def close(self) -> None:
         if self._uses_forkserver:
@@ -249,19 +288,59 @@ def _usable_start_method(mp_mode: str) -> str:
     return "spawn"
 
 
-def _acquire_forkserver(context: Any) -> None:
-    """Preload orchestrix (and numpy when the caller uses it) in the forkserver, so that each
-    worker starts as a fork of a warm process; remember whether orchestrix started it."""
-    global _forkserver_users, _forkserver_ours
+def _acquire_forkserver(context: Any, preload: tuple[str, ...]) -> None:
+    """Start the forkserver with orchestrix (and numpy when the caller uses it) and ``preload``
+    imported, so that each worker starts as a fork of a warm process; remember whether
+    orchestrix started it.
+
+    The forkserver is the process's, shared by every pool, and started once: it is stopped when
+    the last pool that uses it closes (if orchestrix started it), and the next pool starts it
+    again with its own modules. A pool that opens while it runs and wants modules it lacks is
+    not given a new one (its workers are the forkserver's children, and would die with it):
+    its workers import those modules as they start, each replacement again."""
+    global _forkserver_users, _forkserver_ours, _forkserver_preload
     with _forkserver_lock:
         server: Any = multiprocessing.forkserver._forkserver
         if _forkserver_users == 0 and server._forkserver_pid is None:
-            preload = [worker_main.__module__]
+            modules = [worker_main.__module__]
             if "numpy" in sys.modules:
-                preload.append("numpy")
-            context.set_forkserver_preload(preload)
-            _forkserver_ours = True
+                modules.append("numpy")
+            if preload:
+                modules.append(warmup.__name__)
+            context.set_forkserver_preload(modules)
+            with _preload_listed(preload):
+                server.ensure_running()
+            _forkserver_ours, _forkserver_preload = True, preload
+        else:
+            _note_missing(preload)
         _forkserver_users += 1
+
+
+@contextlib.contextmanager
+def _preload_listed(preload: tuple[str, ...]) -> Iterator[None]:
+    """The environment variable that tells :mod:`.warmup` what to import, while the forkserver
+    starts (it inherits the environment then); the caller's environment is left as it was."""
+    if not preload:
+        yield
+        return
+    os.environ[warmup.ENV] = json.dumps(
+        {"modules": list(preload), "sys_path": list(map(str, sys.path))}
+    )
+    try:
+        yield
+    finally:
+        os.environ.pop(warmup.ENV, None)
+
+
+def _note_missing(preload: tuple[str, ...]) -> None:
+    """Say which preload modules the running forkserver lacks: each worker pays for them."""
+    missing = [name for name in preload if not _forkserver_ours or name not in _forkserver_preload]
+    if missing:
+        logger.warning(
+            "orchestrix: the forkserver was started before this orchestrator without the preload "
+            "modules %s; each worker imports them as it starts",
+            ", ".join(missing),
+        )
 
 
 def _release_forkserver() -> None:

@@ -29,6 +29,7 @@ __all__ = [
     "Channel",
     "JobResult",
     "JobStatus",
+    "Preloaded",
     "ResultWindow",
     "RunBatch",
     "StartFailed",
@@ -120,6 +121,13 @@ class ResultWindow(NamedTuple):
     results: list[JobResult]
     cpu_seconds: float
     peak_rss_mb: float
+
+
+class Preloaded(NamedTuple):
+    """The worker imported the ``preload`` modules (sent only when there are some), or could not:
+    then ``failure`` names the module and its error, and the worker exits."""
+
+    failure: str | None
 
 
 class StartFailed(NamedTuple):
