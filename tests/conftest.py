@@ -109,3 +109,17 @@ def process_hooks_restored():
     threading.excepthook = excepthook
     if signal.getsignal(signal.SIGINT) is not sigint:
         signal.signal(signal.SIGINT, sigint)
+
+
+def pytest_collection_finish(session):
+    """``import cars`` (by the CARS plugin's tests, at collection) points dask at CARS's dask
+    config, whose worker start method is forkserver: a nanny restarting a worker then starts the
+    process's multiprocessing forkserver, which outlives the test (and is the one orchestrix's
+    pools use). The session keeps dask's own default, spawn, so that no test depends on which
+    test module imported CARS."""
+    import sys
+
+    if "cars" in sys.modules:
+        import dask
+
+        dask.config.set({"distributed.worker.multiprocessing-method": "spawn"})
