@@ -11,6 +11,7 @@ timeout: a hang costs its deadline, not the session.
 from __future__ import annotations
 
 import json
+import multiprocessing.forkserver
 import os
 import subprocess
 import sys
@@ -20,22 +21,25 @@ import pytest
 
 pytest.importorskip("cars")
 
-import psutil  # noqa: E402
-import rasterio  # noqa: E402
-from cars.data_structures import cars_dataset  # noqa: E402
-from cars.orchestrator import orchestrator as ocht  # noqa: E402
+import psutil
+import rasterio
+from cars.data_structures import cars_dataset
+from cars.orchestrator import orchestrator as ocht
 
-import cars_tasks as ct  # noqa: E402
-from orchestrix.errors import TaskError  # noqa: E402
-from orchestrix.journal.status import read_status  # noqa: E402
+import cars_tasks as ct
+from orchestrix.errors import TaskError
+from orchestrix.journal.status import read_status
 
 #: seconds a test may take: each starts workers that import CARS (6-13 s each on 2 busy cores)
 DEADLINE_S = 240
 
 #: dask's executor thread unpickles CARS's functions; without ``preload`` the import of CARS
 #: happens there and fails ("signal only works in main thread": dask_jobqueue sets a handler)
+#: Not run today (run=False): the task fails, and its run can then hang in the close of dask's
+#: cluster past pytest's timeout. Once preload lands, drop ``run=False`` (and the xfail).
 LOCAL_DASK_XFAIL = pytest.mark.xfail(
     strict=False,
+    run=False,
     reason="local_dask unpickles CARS functions in dask's executor thread until the preload "
     "key lands ('signal only works in main thread')",
 )
@@ -53,6 +57,19 @@ PARALLEL_BACKENDS = [
 #: CARS's own modes, the oracle
 ORACLES = {"sequential": {"mode": "sequential"}, "multiprocessing": {"mode": "multiprocessing",
            "nb_workers": 2}}  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _stop_dask_forkserver():
+    """``import cars`` points dask at CARS's configuration, which starts dask's workers from a
+    forkserver (``distributed.worker.multiprocessing-method``): Python's forkserver then lives
+    as long as this process. Stop the one a test started, so that conftest's check of leftover
+    processes sees the test's own processes only (in a ``cars`` run it ends with CARS)."""
+    server = multiprocessing.forkserver._forkserver
+    running = server._forkserver_pid is not None
+    yield
+    if not running and server._forkserver_pid is not None:
+        server._stop()
 
 
 def orchestrix_conf(backend: str, **keys) -> dict:
@@ -280,11 +297,17 @@ def test_second_breakpoint(backend, tmp_path):
 def test_stalled_tile_is_retried_after_the_reset(backend, tmp_path, oracle_rasters):
     """The tile at (1, 1) hangs on its first two attempts: orchestrix's watchdog restarts its
     worker once (attempt 2), then raises StallError; CARS resets the cluster (a new
-    orchestrator) and retries the tile (attempt 3), which returns at once."""
+    orchestrator) and retries the tile (attempt 3), which returns at once.
+
+    task_timeout is 10 s, not 2: the stall clock starts when the first task is sent, and each
+    worker's first task imports CARS (1-3 s, more on a loaded machine); a task_timeout below
+    that makes every run stall, the retry too, and CARS then writes no tile at all."""
     attempts = tmp_path / "attempts"
     stall = (ct.stalling_tile, {"attempts_dir": str(attempts), "stalls": 2, "sleep_s": 120.0})
     out_dir = tmp_path / "run"
-    path = save_run(orchestrix_conf(backend, task_timeout=2), str(out_dir), replace={(1, 1): stall})
+    path = save_run(
+        orchestrix_conf(backend, task_timeout=10), str(out_dir), replace={(1, 1): stall}
+    )
 
     assert_same_raster(read_raster(path), oracle_rasters("sequential"))
     assert sorted(os.listdir(attempts)) == ["attempt-0", "attempt-1", "attempt-2"]
@@ -292,8 +315,11 @@ def test_stalled_tile_is_retried_after_the_reset(backend, tmp_path, oracle_raste
     journal = str(out_dir / "logs" / "orchestrix")
     status = read_status(journal)
     assert status["runs"] == 2, status  # the first orchestrator and the one after the reset
-    assert status["counts"]["DONE"] == 9 + 1, status  # 9 tiles, then the retried one again
-    assert sum(entry["count"] for entry in status["by_name"]) == 10, status["by_name"]
+    # one row per task: the 8 tiles done by the first orchestrator, the stalled one done by
+    # the second (the retry computes the same task again)
+    assert status["total"] == status["counts"]["DONE"] == 9, status
+    by_name = {entry["name"]: entry["count"] for entry in status["by_name"]}
+    assert by_name == {"make_tile": 8, "stalling_tile": 1}, status["by_name"]
     shown = subprocess.run(
         [sys.executable, "-m", "orchestrix", "status", journal],
         capture_output=True, text=True, timeout=60, env=_env(),
@@ -315,14 +341,16 @@ def _env() -> dict:
 @pytest.mark.timeout(DEADLINE_S)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_failing_task_raises_its_task_error(backend, tmp_path):
-    with pytest.raises(TaskError, match="failing_tile") as caught:
-        with ocht.Orchestrator(
+    with (
+        pytest.raises(TaskError, match="failing_tile") as caught,
+        ocht.Orchestrator(
             orchestrator_conf=orchestrix_conf(backend), out_dir=str(tmp_path)
-        ) as orch:
-            dataset, _ = new_dataset(orch, "failing")
-            orch.add_to_replace_lists(dataset)
-            fill_stage_one(orch, dataset, replace={(2, 0): (ct.failing_tile, {})})
-            orch.breakpoint()
+        ) as orch,
+    ):
+        dataset, _ = new_dataset(orch, "failing")
+        orch.add_to_replace_lists(dataset)
+        fill_stage_one(orch, dataset, replace={(2, 0): (ct.failing_tile, {})})
+        orch.breakpoint()
     assert "synthetic failure" in str(caught.value)
     # the with block's exit ran a breakpoint of nothing and closed the cluster: conftest's
     # check sees any worker left behind
