@@ -356,6 +356,24 @@ def test_failing_task_raises_its_task_error(backend, tmp_path):
     # check sees any worker left behind
 
 
+@pytest.mark.timeout(DEADLINE_S)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_failing_task_at_the_with_blocks_exit_leaves_no_worker(backend, tmp_path):
+    """CARS's pipelines leave their last tasks to the ``with`` block's exit, whose breakpoint
+    skips CARS's cleanup when it raises: the plugin closes its orchestrator itself (conftest's
+    check fails the test on any worker left behind)."""
+    with (
+        pytest.raises(TaskError, match="failing_tile"),
+        ocht.Orchestrator(
+            orchestrator_conf=orchestrix_conf(backend), out_dir=str(tmp_path)
+        ) as orch,
+    ):
+        dataset, _ = new_dataset(orch, "failing")
+        orch.add_to_replace_lists(dataset)
+        fill_stage_one(orch, dataset, replace={(0, 1): (ct.failing_tile, {})})
+    assert orch.cluster.orchestrator.closed
+
+
 # -- launch_worker=False: a configuration check -------------------------------------------------
 
 
