@@ -13,7 +13,8 @@ CARS builds a cluster per pipeline step (and one more after a reset), through
   it restarts the stalled workers once, then the run raises StallError, a TimeoutError, which
   CARS's orchestrator catches to reset the cluster and retry the tiles not yet computed.
 - A failed task raises its TaskError from ``future_iterator`` (CARS handed dependants the string
-  "Failed depending task").
+  "Failed depending task"), and closes the orchestrator first: CARS's ``with`` block skips its
+  cleanup when the breakpoint of its exit raises.
 
 Every orchestrator of one CARS run writes to one ``out_dir`` (CARS's log directory's
 ``orchestrix/`` unless the section sets ``out_dir``) and keeps the tasks of the ones before it in
@@ -117,8 +118,17 @@ class OrchestrixCluster(abstract_cluster.AbstractCluster):
         self, future_list: list[Any], timeout: float | None = None
     ) -> Iterator[Any]:
         # ``timeout`` is CARS's task_timeout, the stall watchdog's limit in orchestrix's config.
-        for _index, value in self._open().as_completed(list(future_list)):
-            yield value
+        try:
+            for _index, value in self._open().as_completed(list(future_list)):
+                yield value
+        except (TimeoutError, GeneratorExit):
+            raise  # a stall: CARS resets the cluster (cleanup, then a new one) and retries
+        except BaseException:
+            # CARS catches nothing else, and its ``with`` block's exit, whose breakpoint runs
+            # the pipeline's last tasks, skips its cleanup when they raise: the workers would
+            # outlive the run. Closed here; CARS's cleanup, if it comes, closes nothing twice.
+            self.cleanup()
+            raise
 
     def scatter(self, data: Any, broadcast: bool = True) -> Any:
         handle = self._open().scatter(data, broadcast=broadcast)
