@@ -11,7 +11,6 @@ timeout: a hang costs its deadline, not the session.
 from __future__ import annotations
 
 import json
-import multiprocessing.forkserver
 import os
 import subprocess
 import sys
@@ -33,18 +32,10 @@ from orchestrix.journal.status import read_status
 #: seconds a test may take: each starts workers that import CARS (6-13 s each on 2 busy cores)
 DEADLINE_S = 240
 
-#: dask's executor thread unpickles CARS's functions; without ``preload`` the import of CARS
-#: happens there and fails ("signal only works in main thread": dask_jobqueue sets a handler).
-#: With dask's own preload (DASK_DISTRIBUTED__WORKER__PRELOAD='["cars"]') they all pass.
-LOCAL_DASK_XFAIL = pytest.mark.xfail(
-    strict=False,
-    reason="local_dask unpickles CARS functions in dask's executor thread until the preload "
-    "key lands ('signal only works in main thread')",
-)
 BACKENDS = [
     "sequential",
     "multiprocessing",
-    pytest.param("local_dask", marks=LOCAL_DASK_XFAIL),
+    "local_dask",
 ]
 PARALLEL_BACKENDS = [
     pytest.param("sequential", marks=pytest.mark.skip(reason="sequential runs tasks in the "
@@ -54,28 +45,14 @@ PARALLEL_BACKENDS = [
         "local_dask",
         marks=pytest.mark.xfail(
             strict=False,
-            reason="preload, as above; and with dask's preload, the journal says KILLED for a "
-            "task whose worker the watchdog restarted after it finished (dask recomputed it, "
-            "its tile was delivered)",
+            reason="the journal says KILLED for a task whose worker the watchdog restarted "
+            "after it finished (dask recomputed it, its tile was delivered)",
         ),
     ),
 ]  # fmt: skip
 #: CARS's own modes, the oracle
 ORACLES = {"sequential": {"mode": "sequential"}, "multiprocessing": {"mode": "multiprocessing",
            "nb_workers": 2}}  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def _stop_dask_forkserver():
-    """``import cars`` points dask at CARS's configuration, which starts dask's workers from a
-    forkserver (``distributed.worker.multiprocessing-method``): Python's forkserver then lives
-    as long as this process. Stop the one a test started, so that conftest's check of leftover
-    processes sees the test's own processes only (in a ``cars`` run it ends with CARS)."""
-    server = multiprocessing.forkserver._forkserver
-    running = server._forkserver_pid is not None
-    yield
-    if not running and server._forkserver_pid is not None:
-        server._stop()
 
 
 def orchestrix_conf(backend: str, **keys) -> dict:
