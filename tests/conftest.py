@@ -14,6 +14,13 @@ from durable_helpers import DURABLE, PARALLEL
 from orchestrix.backends import AVAILABLE
 from slurm import pbs_wrappers, slurm_running
 
+#: set by tests/test_cars_plugin.py for the pytest process it starts: the CARS plugin's tests run
+#: there, not in the main session. ``import cars`` changes the whole process (dask's config, the
+#: threads' environment, handlers): in the main session, local_dask calls whose worker crashed in
+#: a map then hung (tests/test_deadlock.py), cause not isolated.
+CARS_SESSION = os.environ.get("ORCHESTRIX_CARS_SESSION") == "1"
+collect_ignore_glob = [] if CARS_SESSION else ["test_cars_*.py"]
+
 BACKENDS: dict[str, dict] = {"sequential": {"mode": "sequential"}}
 if "multiprocessing" in AVAILABLE:
     for method in ("forkserver", "fork", "spawn"):
@@ -109,17 +116,3 @@ def process_hooks_restored():
     threading.excepthook = excepthook
     if signal.getsignal(signal.SIGINT) is not sigint:
         signal.signal(signal.SIGINT, sigint)
-
-
-def pytest_collection_finish(session):
-    """``import cars`` (by the CARS plugin's tests, at collection) points dask at CARS's dask
-    config, whose worker start method is forkserver: a nanny restarting a worker then starts the
-    process's multiprocessing forkserver, which outlives the test (and is the one orchestrix's
-    pools use). The session keeps dask's own default, spawn, so that no test depends on which
-    test module imported CARS."""
-    import sys
-
-    if "cars" in sys.modules:
-        import dask
-
-        dask.config.set({"distributed.worker.multiprocessing-method": "spawn"})
