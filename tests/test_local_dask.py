@@ -161,6 +161,30 @@ def test_a_worker_dying_every_time_ends_in_worker_crashed_error():
         orch.compute(kill_self(signal.SIGKILL))
 
 
+def test_restarted_workers_spawn_whatever_the_applications_dask_config_says(tmp_path):
+    """CARS's dask config says forkserver: a nanny restarting a crashed worker read it then,
+    long after the cluster's start, and distributed's forkserver outlived the orchestrator
+    (the autouse leftover check of conftest fails on it). The application's value stays."""
+    import dask.config
+    import psutil
+
+    from tasks import crash_once
+
+    def forkservers():
+        children = psutil.Process().children(recursive=True)
+        return [p for p in children if "forkserver" in " ".join(p.cmdline())]
+
+    before = forkservers()
+    marker = str(tmp_path / "crashed")
+    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
+        # at most two deaths (one per worker running crash_once before the marker exists)
+        with cluster(retries=2) as orch:
+            assert orch.compute([crash_once(marker, i) for i in range(3)]) == [0, 1, 2]
+        assert os.path.exists(marker)  # a worker died and was restarted
+        assert dask.config.get("distributed.worker.multiprocessing-method") == "forkserver"
+        assert forkservers() == before
+
+
 def test_existing_client_is_used_and_left_running(tmp_path):
     from distributed import Client, LocalCluster
 

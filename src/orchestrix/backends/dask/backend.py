@@ -126,12 +126,16 @@ class DaskBackend(Backend):
         """A LocalCluster of ``nb_workers`` processes listening on 127.0.0.1 only."""
         from distributed import LocalCluster
 
+        from .nanny import SpawningNanny
+
         check_main_guard()  # before its workers re-run the script: one line, not hundreds
         try:
             return LocalCluster(
                 n_workers=self.config.nb_workers,
                 threads_per_worker=self.config.threads_per_worker,
                 processes=True,
+                # spawn, whatever the application's dask config says (CARS's: forkserver)
+                worker_class=SpawningNanny,
                 host="127.0.0.1",
                 # The scheduler's HTTP server (health, metrics) always runs: keep it on
                 # localhost, on a free port; the dashboard pages are only served when asked for.
@@ -162,10 +166,6 @@ class DaskBackend(Backend):
             }
         return {
             "distributed.scheduler.allowed-failures": self.config.retries,
-            # dask's own default, whatever the application's dask config says (CARS's says
-            # forkserver): distributed never stops the forkserver it starts, which outlives
-            # the cluster
-            "distributed.worker.multiprocessing-method": "spawn",
             **spill,
             **limit_settings(self.config),
         }

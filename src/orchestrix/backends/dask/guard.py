@@ -20,11 +20,8 @@ __all__ = ["check_main_guard"]
 
 
 def check_main_guard() -> None:
-    """Raise if the caller's script runs orchestrix at its top level, not under the guard."""
-    import dask
-
-    if dask.config.get("distributed.worker.multiprocessing-method") == "fork":
-        return  # fork does not re-run the script
+    """Raise if the caller's script runs orchestrix at its top level, not under the guard
+    (``nanny.SpawningNanny`` starts workers with spawn, whatever dask's configuration says)."""
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
     frame = _top_level_frame(main)
