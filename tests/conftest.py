@@ -14,10 +14,12 @@ from durable_helpers import DURABLE, PARALLEL
 from orchestrix.backends import AVAILABLE
 from slurm import pbs_wrappers, slurm_running
 
-#: set by tests/test_cars_plugin.py for the pytest process it starts: the CARS plugin's tests run
-#: there, not in the main session. ``import cars`` changes the whole process (dask's config, the
-#: threads' environment, handlers): in the main session, local_dask calls whose worker crashed in
-#: a map then hung (tests/test_deadlock.py), cause not isolated.
+#: set by tests/test_plugin_cars.py for the pytest process it starts: the CARS plugin's tests run
+#: there, not in the main session. ``import cars`` changes the whole process: it points
+#: DASK_CONFIG at CARS's dask config (forkserver workers; comm retries 10 and timeouts 60/120 s,
+#: under which a local_dask call whose crashed worker held a finished result waits ~150 s for
+#: dask to give up on it, past tests/test_deadlock.py's deadline), sets OMP_NUM_THREADS and GDAL
+#: variables, and imports distributed, whose tblib pickling changes how exceptions pickle.
 CARS_SESSION = os.environ.get("ORCHESTRIX_CARS_SESSION") == "1"
 collect_ignore_glob = [] if CARS_SESSION else ["test_cars_*.py"]
 

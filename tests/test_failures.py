@@ -198,6 +198,48 @@ def test_portable_failures_and_unit_failed_pickle():
     assert type(copy.failure) is ox.TaskTimeoutError and str(copy.failure) == str(verdict)
 
 
+@pytest.fixture
+def tblib_pickling(monkeypatch):
+    """What ``import distributed`` does to this process: tblib's pickling for every exception
+    class that exists then (so a class defined later, as hostile.NeedsArgs may be, has none);
+    undone after the test."""
+    import copyreg
+    from types import TracebackType
+
+    from tblib.pickling_support import pickle_exception, pickle_traceback
+
+    from hostile import NeedsArgs
+    from orchestrix.engine.mapping import ItemFailed
+
+    for kind in (ItemFailed, UnitFailed, RuntimeError, ValueError):
+        monkeypatch.setitem(copyreg.dispatch_table, kind, pickle_exception)
+    monkeypatch.setitem(copyreg.dispatch_table, TracebackType, pickle_traceback)
+    monkeypatch.delitem(copyreg.dispatch_table, NeedsArgs, raising=False)
+
+
+def test_an_unportable_link_of_a_chain_does_not_make_the_whole_exception_unportable(
+    tblib_pickling,
+):
+    from hostile import UNREBUILDABLE_DETAIL, NeedsArgs
+    from orchestrix.engine.mapping import ItemFailed, call_batch
+
+    def item(value):
+        raise NeedsArgs(value, UNREBUILDABLE_DETAIL)
+
+    with pytest.raises(ItemFailed) as info:  # raised `from None`: NeedsArgs is its context
+        call_batch(item, [(7,)])
+    portable = failures.portable_exception(info.value)
+    assert type(portable) is ItemFailed  # our record, not a RuntimeError about it
+    copy = pickle.loads(pickle.dumps(portable))
+    assert copy.index == 0 and UNREBUILDABLE_DETAIL in str(copy.exception)
+    # a cause is kept, as a RuntimeError naming it, when only the cause is unportable
+    outer = ValueError("outer")
+    outer.__cause__ = NeedsArgs(1, UNREBUILDABLE_DETAIL)
+    portable = failures.portable_exception(outer)
+    assert portable is outer and UNREBUILDABLE_DETAIL in str(portable.__cause__)
+    assert UNREBUILDABLE_DETAIL in str(pickle.loads(pickle.dumps(portable)).__cause__)
+
+
 #: the orchestrix errors about a task: built only in failures.py (and defined in errors.py)
 _TASK_ERRORS = (
     "TaskError|UpstreamTaskError|WorkerCrashedError|TaskTimeoutError|WorkerMemoryError"

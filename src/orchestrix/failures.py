@@ -183,20 +183,47 @@ def portable_failure(failure: Failure) -> Failure:
     return failure
 
 
-def portable_exception(exc: BaseException) -> BaseException:
+def portable_exception(exc: BaseException, _depth: int = 0) -> BaseException:
     """``exc``, or, if it cannot cross to another process, a RuntimeError with its type's name
-    and its message."""
+    and its message.
+
+    An exception's chain crosses with it where tblib's pickling is installed (``import
+    distributed`` installs it for every exception class that exists then): one unportable link
+    (a ``__context__`` left by ``raise ... from None`` included) made the whole exception
+    unportable, and the caller got a RuntimeError instead of our own records. So the links are
+    made portable first, each on its own."""
+    error = _round_trip_error(exc)
+    if error is None:
+        return exc
+    if _depth < _MAX_CHAIN and (exc.__cause__ is not None or exc.__context__ is not None):
+        if exc.__cause__ is not None:
+            exc.__cause__ = portable_exception(exc.__cause__, _depth + 1)
+        if exc.__suppress_context__:
+            exc.__context__ = None  # not shown anyway
+        elif exc.__context__ is not None:
+            exc.__context__ = portable_exception(exc.__context__, _depth + 1)
+        error = _round_trip_error(exc)
+        if error is None:
+            return exc
+    kind = type(exc)
+    return RuntimeError(
+        f"{kind.__module__}.{kind.__qualname__}: {exc} (the exception itself could not "
+        f"cross to the caller: {type(error).__name__}: {error})"
+    )
+
+
+_MAX_CHAIN = 20  # links of a chain made portable; deeper ones go with the RuntimeError
+
+
+def _round_trip_error(exc: BaseException) -> BaseException | None:
+    """Why ``exc`` cannot be pickled and rebuilt, or None if it can."""
     try:
         # Rebuilt here, not only pickled: an exception whose __init__ takes other arguments
         # than it passes to BaseException pickles fine and fails in the caller's unpickling.
         pickle.loads(pickle.dumps(exc))
     except BaseException as error:  # noqa: BLE001 - whatever makes it unportable
-        kind = type(exc)
-        return RuntimeError(
-            f"{kind.__module__}.{kind.__qualname__}: {exc} (the exception itself could not "
-            f"cross to the caller: {type(error).__name__}: {error})"
-        )
-    return exc
+        return error
+    return None
 
 
 # -- verdicts: errors a backend decides on ----------------------------------------------------

@@ -1,8 +1,10 @@
 """The CARS plugin's tests (tests/test_cars_*.py), run in a pytest process of their own.
 
 ``import cars`` changes the whole process it runs in (dask's configuration, the environment of
-threads, signal handlers): the plugin's tests import it, so they run apart from the rest of the
-suite, which conftest.py keeps from collecting them here. Skipped without CARS.
+threads, how exceptions pickle: see conftest.py): the plugin's tests import it, so they run apart
+from the rest of the suite, which conftest.py keeps from collecting them here (this file's name
+is outside their ``test_cars_*.py`` pattern, so that it is collected here, and not there).
+Skipped without CARS.
 """
 
 from __future__ import annotations
